@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/service"
+)
+
+const downloadHelp = `Usage: buildlog download --addr HOST:PORT --record-id ID --task-name NAME [flags]
+
+Downloads one build action log from a buildlogd server and writes it to
+stdout, or to a file with -o. The file is written under a temporary name and
+renamed when the whole log has arrived; after a failure nothing is left
+behind and the exit status is 1.
+
+The IAM token comes from --token or, better (command lines are visible to
+other users of the machine), from the BUILDLOG_TOKEN environment variable.
+
+Flags:
+`
+
+type downloadFlags struct {
+	addr     string
+	recordID string
+	taskName string
+	logLevel string
+	offset   int64
+	limit    int64
+	token    string
+	output   string
+}
+
+func parseDownloadFlags(args []string, env environment) (*downloadFlags, error) {
+	var f downloadFlags
+	fs := flag.NewFlagSet("download", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), downloadHelp)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&f.addr, "addr", "", "buildlogd gRPC address, `HOST:PORT` (required)")
+	fs.StringVar(&f.recordID, "record-id", "", "build record `ID`, 36 characters of [0-9a-z-] (required)")
+	fs.StringVar(&f.taskName, "task-name", "", "build action, such as `stage1` (required)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log detail `level`: info or debug")
+	fs.Int64Var(&f.offset, "offset", 0, "start at this byte `offset` of the log")
+	fs.Int64Var(&f.limit, "limit", 0, "return at most this many `bytes` (0: to the end)")
+	fs.StringVar(&f.token, "token", "", "IAM `token` (default $BUILDLOG_TOKEN)")
+	fs.StringVar(&f.output, "o", "", "write the log to `FILE` instead of stdout")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, &usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, &usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if f.token == "" {
+		f.token, _ = env.getenv("BUILDLOG_TOKEN")
+	}
+	var missing []string
+	for _, req := range []struct{ name, value string }{
+		{"--addr", f.addr}, {"--record-id", f.recordID}, {"--task-name", f.taskName}, {"--token or BUILDLOG_TOKEN", f.token},
+	} {
+		if req.value == "" {
+			missing = append(missing, req.name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, &usageError{fmt.Errorf("missing %s", strings.Join(missing, ", "))}
+	}
+	return &f, nil
+}
+
+func download(ctx context.Context, args []string, env environment) error {
+	f, err := parseDownloadFlags(args, env)
+	if err != nil {
+		return err
+	}
+	level, ok := buildlogv1.LogLevel_value["LOG_LEVEL_"+strings.ToUpper(f.logLevel)]
+	if !ok {
+		return &usageError{fmt.Errorf("--log-level must be info or debug, got %q", f.logLevel)}
+	}
+
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", f.addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, service.TokenMetadataKey, f.token))
+	defer cancel()
+	stream, err := buildlogv1.NewBuildLogServiceClient(conn).DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{
+		RecordId: f.recordID,
+		TaskName: f.taskName,
+		LogLevel: buildlogv1.LogLevel(level),
+		Offset:   f.offset,
+		Limit:    f.limit,
+	})
+	if err != nil {
+		return err
+	}
+
+	out, err := openOutput(f.output, env.stdout)
+	if err != nil {
+		return err
+	}
+	defer out.discard()
+	w := io.Writer(out)
+	progress := f.output != "" && env.isTerminal()
+	var bar *progressbar.ProgressBar
+	n, err := receive(stream, f.offset, f.limit, func(md *buildlogv1.LogMetadata) {
+		if progress {
+			total := int64(-1)
+			if md.TotalSize != nil {
+				total = expectedLength(md.GetTotalSize(), f.offset, f.limit)
+			}
+			bar = progressbar.NewOptions64(total,
+				progressbar.OptionSetWriter(env.stderr),
+				progressbar.OptionSetDescription(filepath.Base(f.output)),
+				progressbar.OptionShowBytes(true),
+				progressbar.OptionThrottle(100*time.Millisecond),
+				progressbar.OptionOnCompletion(func() { fmt.Fprintln(env.stderr) }),
+			)
+			w = io.MultiWriter(out, bar)
+		}
+	}, func(p []byte) error {
+		_, err := w.Write(p)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	if err := out.commit(); err != nil {
+		return err
+	}
+	if f.output != "" {
+		fmt.Fprintf(env.stderr, "wrote %d bytes to %s\n", n, f.output)
+	}
+	return nil
+}
+
+// receive reads the stream to its end, passing the metadata to onMetadata
+// and each chunk's data to write, and checks that the chunks are contiguous
+// and, when the log's size is known, complete. It returns the number of
+// bytes received.
+func receive(stream grpc.ServerStreamingClient[buildlogv1.DownloadTaskLogResponse], offset, limit int64,
+	onMetadata func(*buildlogv1.LogMetadata), write func([]byte) error) (int64, error) {
+	pos := offset
+	var total *int64
+	for first := true; ; first = false {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return pos - offset, err
+		}
+		if first && msg.GetMetadata() != nil {
+			total = msg.GetMetadata().TotalSize
+			onMetadata(msg.GetMetadata())
+		}
+		if msg.GetOffset() != pos {
+			return pos - offset, fmt.Errorf("the server sent bytes at offset %d where %d was expected; the download is incomplete", msg.GetOffset(), pos)
+		}
+		if err := write(msg.GetData()); err != nil {
+			return pos - offset, fmt.Errorf("write the log: %w", err)
+		}
+		pos += int64(len(msg.GetData()))
+	}
+	if total != nil {
+		if want := expectedLength(*total, offset, limit); pos-offset != want {
+			return pos - offset, fmt.Errorf("the stream ended after %d of %d bytes; the download is incomplete", pos-offset, want)
+		}
+	}
+	return pos - offset, nil
+}
+
+// expectedLength is how many bytes a range of a log of size total holds.
+func expectedLength(total, offset, limit int64) int64 {
+	n := max(total-offset, 0)
+	if limit > 0 {
+		n = min(n, limit)
+	}
+	return n
+}
+
+// output is where the log goes: stdout, or a temporary file renamed to its
+// final name only by commit.
+type output struct {
+	io.Writer
+	file  *os.File // nil for stdout
+	final string
+	done  bool
+}
+
+func openOutput(name string, stdout io.Writer) (*output, error) {
+	if name == "" || name == "-" {
+		return &output{Writer: stdout}, nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*.part")
+	if err != nil {
+		return nil, fmt.Errorf("create output file: %w", err)
+	}
+	// CreateTemp makes the file private; give the log the usual mode.
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("create output file: %w", err)
+	}
+	return &output{Writer: f, file: f, final: name}, nil
+}
+
+func (o *output) commit() error {
+	if o.file == nil {
+		return nil
+	}
+	if err := o.file.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", o.final, err)
+	}
+	if err := os.Rename(o.file.Name(), o.final); err != nil {
+		return fmt.Errorf("write %s: %w", o.final, err)
+	}
+	o.done = true
+	return nil
+}
+
+// discard removes the temporary file unless commit succeeded.
+func (o *output) discard() {
+	if o.file != nil && !o.done {
+		o.file.Close()
+		os.Remove(o.file.Name())
+	}
+}
+
+// describe renders an error as one line for humans: the gRPC code and
+// message, and what the details add (upstream error code, request id, when
+// to retry, where to resume).
+func describe(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	var notes []string
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			md := d.GetMetadata()
+			if c := md[service.MetadataUpstreamErrorCode]; c != "" {
+				notes = append(notes, "upstream error "+c)
+			}
+			if id := md[service.MetadataRequestID]; id != "" {
+				notes = append(notes, "request id "+id)
+			}
+			if off := md[service.MetadataResumeOffset]; off != "" {
+				notes = append(notes, "resume with --offset "+off)
+			}
+		case *errdetails.RetryInfo:
+			notes = append(notes, "retry after "+d.GetRetryDelay().AsDuration().String())
+		}
+	}
+	line := fmt.Sprintf("%s: %s", codeName(st.Code().String()), st.Message())
+	if len(notes) > 0 {
+		line += " (" + strings.Join(notes, ", ") + ")"
+	}
+	return line
+}
+
+// codeName spells a gRPC code as in the protocol, such as NOT_FOUND.
+func codeName(camel string) string {
+	var b strings.Builder
+	for i, r := range camel {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String())
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/buildlog/buildlog/server"
+	"github.com/buildlog/buildlog/service"
+	"github.com/buildlog/buildlog/upstream"
+)
+
+// envPrefix prefixes the environment variable of every flag.
+const envPrefix = "BUILDLOG_"
+
+type config struct {
+	grpcAddr        string
+	httpAddr        string
+	endpoint        string // from --upstream or --region
+	chunkSize       int
+	shutdownTimeout time.Duration
+	demo            bool
+}
+
+// parseConfig reads flags, then BUILDLOG_<FLAG> variables for flags not
+// given, and checks the result.
+func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Writer) (*config, error) {
+	var (
+		cfg      config
+		upstreamURL string
+		region      string
+		chunk       = byteSize(service.DefaultChunkSize)
+	)
+	fs := flag.NewFlagSet("buildlogd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.grpcAddr, "grpc-addr", server.DefaultGRPCAddr, "listen `address` of the gRPC service")
+	fs.StringVar(&cfg.httpAddr, "http-addr", server.DefaultHTTPAddr, "listen `address` of the REST mirror")
+	fs.StringVar(&upstreamURL, "upstream", "", "upstream API endpoint `URL` (https://, or http:// for loopback and mesh sidecars); overrides --region")
+	fs.StringVar(&region, "region", "", "Huawei Cloud `region` whose CodeArts Build endpoint to use (default "+upstream.DefaultRegion+")")
+	fs.Var(&chunk, "chunk-size", fmt.Sprintf("largest data `size` of one stream message, in bytes or with a KiB/MiB suffix, %s to %s",
+		byteSize(service.MinChunkSize), byteSize(service.MaxChunkSize)))
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight downloads may finish after SIGTERM before they are cancelled")
+	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: buildlogd [flags]\n\n"+
+			"Serves buildlog.v1.BuildLogService (gRPC) and a REST mirror of\n"+
+			"GET /v4/{record_id}/task-log, relaying CodeArts Build action logs.\n"+
+			"Every flag can also be set as %s<FLAG> (such as %sGRPC_ADDR).\n\nFlags:\n", envPrefix, envPrefix)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (all settings are flags; see --help)", fs.Arg(0))
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return nil, err
+	}
+
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if cfg.demo && (set["upstream"] || set["region"]) {
+		return nil, errors.New("--demo runs its own upstream: drop --upstream and --region")
+	}
+	if set["upstream"] && set["region"] {
+		return nil, errors.New("give --upstream or --region, not both")
+	}
+	switch {
+	case cfg.demo:
+	case upstreamURL != "":
+		cfg.endpoint = upstreamURL
+	default:
+		endpoint, err := regionEndpoint(region)
+		if err != nil {
+			return nil, fmt.Errorf("--region: %w", err)
+		}
+		cfg.endpoint = endpoint
+	}
+	cfg.chunkSize = int(chunk)
+	if cfg.chunkSize < service.MinChunkSize || cfg.chunkSize > service.MaxChunkSize {
+		return nil, fmt.Errorf("--chunk-size %s is out of range: use %s to %s", chunk, byteSize(service.MinChunkSize), byteSize(service.MaxChunkSize))
+	}
+	if cfg.shutdownTimeout <= 0 {
+		return nil, fmt.Errorf("--shutdown-timeout must be positive, got %s", cfg.shutdownTimeout)
+	}
+	return &cfg, nil
+}
+
+// applyEnv sets each flag not given on the command line from its
+// BUILDLOG_<FLAG> variable, when that is set.
+func applyEnv(fs *flag.FlagSet, getenv func(string) (string, bool)) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		v, ok := getenv(name)
+		if !ok || given[f.Name] || err != nil {
+			return
+		}
+		if serr := fs.Set(f.Name, v); serr != nil {
+			err = fmt.Errorf("%s=%q: %w", name, v, serr)
+		}
+	})
+	return err
+}
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func regionEndpoint(region string) (string, error) {
+	if region == "" {
+		region = upstream.DefaultRegion
+	}
+	return upstream.RegionEndpoint(region)
+}
+
+// byteSize is a flag value in bytes that accepts KiB and MiB suffixes.
+type byteSize int
+
+func (b byteSize) String() string {
+	switch {
+	case b >= 1<<20 && b%(1<<20) == 0:
+		return strconv.Itoa(int(b)>>20) + "MiB"
+	case b >= 1<<10 && b%(1<<10) == 0:
+		return strconv.Itoa(int(b)>>10) + "KiB"
+	}
+	return strconv.Itoa(int(b))
+}
+
+func (b *byteSize) Set(s string) error {
+	num, mult := strings.TrimSpace(s), 1
+	for suffix, m := range map[string]int{"KiB": 1 << 10, "MiB": 1 << 20} {
+		if n, ok := strings.CutSuffix(num, suffix); ok {
+			num, mult = strings.TrimSpace(n), m
+		}
+	}
+	n, err := strconv.Atoi(num)
+	if err != nil || n < 0 || n > (1<<30)/mult {
+		return fmt.Errorf("want a byte count such as 65536 or 64KiB, got %q", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
+}

@@ -1,0 +1,67 @@
+// Command buildlogd serves buildlog.v1.BuildLogService over gRPC and a REST
+// mirror of the CodeArts Build "download build action log" API, relaying
+// logs from the upstream API with each caller's own IAM token.
+//
+// Every flag can also be set in the environment as BUILDLOG_<FLAG>, such as
+// BUILDLOG_GRPC_ADDR=:9090; a flag on the command line wins. With --demo it
+// runs a simulated upstream in-process and needs no cloud account.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/buildlog/buildlog/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "buildlogd:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses the configuration and serves until ctx is done.
+func run(ctx context.Context, args []string, getenv func(string) (string, bool), stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+	endpoint := cfg.endpoint
+	if cfg.demo {
+		demo, err := startDemoUpstream()
+		if err != nil {
+			return err
+		}
+		defer demo.Close()
+		endpoint = demo.URL
+	}
+	srv, err := server.New(server.Config{
+		GRPCAddr:        cfg.grpcAddr,
+		HTTPAddr:        cfg.httpAddr,
+		Upstream:        endpoint,
+		ChunkSize:       cfg.chunkSize,
+		ShutdownTimeout: cfg.shutdownTimeout,
+		Logger:          logger,
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.demo {
+		printDemo(stdout, srv.GRPCAddr(), srv.HTTPAddr())
+	}
+	return srv.Serve(ctx)
+}

@@ -1,0 +1,132 @@
+// Package gateway serves the REST mirror of the upstream API,
+// GET /v4/{record_id}/task-log?task_name=…&log_level=…, with grpc-gateway in
+// front of a BuildLogService client.
+//
+// The mirror answers as the upstream does, so HTTP clients switch to it by
+// changing the host: a 200 body is the log bytes only (no JSON framing, no
+// delimiters between chunks), errors are the upstream's JSON shape
+// {"error_code": …, "error_msg": …}, and a failure after the first byte
+// aborts the response instead of ending it cleanly.
+package gateway
+
+import (
+	"context"
+	"mime"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/protobuf/proto"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/service"
+)
+
+// New returns the REST mirror's handler, which calls client for every
+// request.
+func New(ctx context.Context, client buildlogv1.BuildLogServiceClient) (http.Handler, error) {
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &logMarshaler{}),
+		runtime.WithForwardResponseRewriter(toHTTPBody),
+		runtime.WithForwardResponseOption(setLogHeaders),
+		runtime.WithDisableChunkedEncoding(), // net/http chunks by itself when there is no Content-Length
+		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		runtime.WithOutgoingHeaderMatcher(dropHeader),
+		runtime.WithOutgoingTrailerMatcher(dropHeader),
+		runtime.WithErrorHandler(handleError),
+		runtime.WithStreamErrorHandler(handleStreamError),
+	)
+	if err := buildlogv1.RegisterBuildLogServiceHandlerClient(ctx, mux, client); err != nil {
+		return nil, err
+	}
+	return prepare(mux), nil
+}
+
+// incomingHeader forwards X-Auth-Token to the service as the token metadata
+// key, and otherwise behaves as grpc-gateway's default.
+func incomingHeader(key string) (string, bool) {
+	if textproto.CanonicalMIMEHeaderKey(key) == "X-Auth-Token" {
+		return service.TokenMetadataKey, true
+	}
+	return runtime.DefaultHeaderMatcher(key)
+}
+
+// dropHeader keeps gRPC metadata out of HTTP responses: the mirror's headers
+// are set from the log's metadata instead.
+func dropHeader(string) (string, bool) { return "", false }
+
+// toHTTPBody turns each chunk into an HttpBody, whose bytes grpc-gateway
+// writes as they are, without JSON framing or a copy.
+func toHTTPBody(_ context.Context, resp proto.Message) (any, error) {
+	chunk, ok := resp.(*buildlogv1.DownloadTaskLogResponse)
+	if !ok {
+		return resp, nil
+	}
+	body := &httpbody.HttpBody{Data: chunk.GetData()}
+	if md := chunk.GetMetadata(); md != nil {
+		body.ContentType = md.GetContentType()
+	}
+	return body, nil
+}
+
+// setLogHeaders sets the headers the first chunk's metadata provides,
+// before the first byte of the body is written.
+func setLogHeaders(ctx context.Context, w http.ResponseWriter, resp proto.Message) error {
+	chunk, ok := resp.(*buildlogv1.DownloadTaskLogResponse)
+	if !ok || chunk.GetMetadata() == nil {
+		return nil
+	}
+	md := chunk.GetMetadata()
+	h := w.Header()
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": md.GetFileName()}))
+	if id := md.GetRequestId(); id != "" {
+		h.Set("X-Request-Id", id)
+	}
+	if md.TotalSize != nil {
+		length := max(md.GetTotalSize()-chunk.GetOffset(), 0)
+		if limit := requestLimit(ctx); limit > 0 {
+			length = min(length, limit)
+		}
+		h.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+	return nil
+}
+
+// normalizeQuery rewrites log_level values given in the upstream's spelling
+// ("INFO", "debug", any case) to the enum names grpc-gateway parses. A query
+// that does not parse is left for grpc-gateway to refuse.
+func normalizeQuery(r *http.Request) {
+	values, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return
+	}
+	changed := false
+	for _, key := range []string{"log_level", "logLevel"} {
+		for i, v := range values[key] {
+			if n := normalizeLogLevel(v); n != v {
+				values[key][i] = n
+				changed = true
+			}
+		}
+	}
+	if changed {
+		r.URL.RawQuery = values.Encode()
+	}
+}
+
+func normalizeLogLevel(v string) string {
+	upper := strings.ToUpper(strings.TrimSpace(v))
+	switch {
+	case upper == "":
+		return buildlogv1.LogLevel_LOG_LEVEL_UNSPECIFIED.String()
+	case upper == "INFO" || upper == "DEBUG":
+		return "LOG_LEVEL_" + upper
+	case strings.HasPrefix(upper, "LOG_LEVEL_"):
+		return upper
+	}
+	return v // numbers, or an error for the default parser to report
+}

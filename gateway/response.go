@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+)
+
+// responseState follows one REST response. grpc-gateway reports a stream
+// error through a callback that has no access to the response, and would
+// write an error document after log bytes already sent; responseState lets
+// handleStreamError see whether the body has started and, if it has,
+// swallow grpc-gateway's error document and abort the response instead.
+type responseState struct {
+	http.ResponseWriter
+	limit   int64 // the request's limit query parameter, 0 when absent
+	started bool  // the status line has been written
+	aborted bool  // the response must be cut off, not finished
+}
+
+type responseStateKey struct{}
+
+// prepare wraps next so each request's query is normalised and its context
+// carries its responseState, and aborts the connection when a stream fails
+// mid-body.
+func prepare(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.Clone(r.Context())
+		normalizeQuery(r)
+		rs := &responseState{ResponseWriter: w}
+		if v := r.URL.Query()["limit"]; len(v) == 1 {
+			rs.limit, _ = strconv.ParseInt(v[0], 10, 64)
+		}
+		next.ServeHTTP(rs, r.WithContext(context.WithValue(r.Context(), responseStateKey{}, rs)))
+		if rs.aborted {
+			// net/http closes the connection without ending the body: no final
+			// chunk, or fewer bytes than Content-Length. HTTP/2 resets the
+			// stream. Either way the client sees an incomplete transfer.
+			panic(http.ErrAbortHandler)
+		}
+	})
+}
+
+func stateFrom(ctx context.Context) *responseState {
+	rs, _ := ctx.Value(responseStateKey{}).(*responseState)
+	return rs
+}
+
+func requestLimit(ctx context.Context) int64 {
+	if rs := stateFrom(ctx); rs != nil {
+		return rs.limit
+	}
+	return 0
+}
+
+func (rs *responseState) WriteHeader(code int) {
+	if rs.aborted {
+		return
+	}
+	rs.started = true
+	rs.ResponseWriter.WriteHeader(code)
+}
+
+func (rs *responseState) Write(p []byte) (int, error) {
+	if rs.aborted {
+		return len(p), nil
+	}
+	rs.started = true
+	return rs.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach Flush on the real writer.
+func (rs *responseState) Unwrap() http.ResponseWriter { return rs.ResponseWriter }

@@ -1,0 +1,199 @@
+// Package server assembles buildlogd: BuildLogService on a gRPC listener,
+// the REST mirror on an HTTP listener, standard gRPC health and reflection,
+// and a graceful shutdown.
+//
+// The REST mirror reaches the service over an in-memory gRPC connection, so
+// REST calls pass through the same gRPC server (and its interceptors) as
+// gRPC calls without a network hop.
+package server
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/buildlog/buildlog/gateway"
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/service"
+	"github.com/buildlog/buildlog/upstream"
+)
+
+// Defaults of [Config].
+const (
+	DefaultGRPCAddr        = ":9090"
+	DefaultHTTPAddr        = ":8080"
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// inprocBufferSize is the buffer of the in-memory connection from the REST
+// mirror to the gRPC server.
+const inprocBufferSize = 1 << 20
+
+// Config is the daemon's configuration.
+type Config struct {
+	// GRPCAddr and HTTPAddr are the listen addresses of the gRPC service
+	// and the REST mirror; defaults ":9090" and ":8080". Use
+	// "127.0.0.1:0" for a free loopback port.
+	GRPCAddr string
+	HTTPAddr string
+	// Upstream is the upstream API endpoint, such as
+	// "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com". Required.
+	Upstream string
+	// ChunkSize is the largest data size of one stream message; default
+	// service.DefaultChunkSize.
+	ChunkSize int
+	// ShutdownTimeout is how long in-flight downloads may run on after
+	// shutdown begins before they are cancelled; default 30s.
+	ShutdownTimeout time.Duration
+	// Logger receives the server's logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is an assembled, listening daemon. Run it with [Server.Serve].
+type Server struct {
+	cfg        Config
+	grpcLn     net.Listener
+	httpLn     net.Listener
+	inprocLn   *bufconn.Listener
+	grpcServer *grpc.Server
+	httpServer *http.Server
+	gatewayCC  *grpc.ClientConn
+	health     *health.Server
+}
+
+// New builds the daemon and opens its listeners, so that [Server.GRPCAddr]
+// and [Server.HTTPAddr] are known before it serves.
+func New(cfg Config) (*Server, error) {
+	cfg.GRPCAddr = cmp.Or(cfg.GRPCAddr, DefaultGRPCAddr)
+	cfg.HTTPAddr = cmp.Or(cfg.HTTPAddr, DefaultHTTPAddr)
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = service.DefaultChunkSize
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+
+	up, err := upstream.New(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	svc, err := service.New(up, service.WithChunkSize(cfg.ChunkSize))
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize)}
+	s.grpcServer = grpc.NewServer()
+	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, svc)
+	healthpb.RegisterHealthServer(s.grpcServer, s.health)
+	reflection.Register(s.grpcServer)
+
+	s.gatewayCC, err = grpc.NewClient("passthrough:///buildlog-inprocess",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inprocLn.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect the REST mirror to the service: %w", err)
+	}
+	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(s.gatewayCC))
+	if err != nil {
+		return nil, fmt.Errorf("build the REST mirror: %w", err)
+	}
+	s.httpServer = &http.Server{
+		Handler:           mirror,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+
+	if s.grpcLn, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("listen for gRPC on %s: %w", cfg.GRPCAddr, err)
+	}
+	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		s.grpcLn.Close()
+		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	return s, nil
+}
+
+// GRPCAddr returns the address the gRPC service listens on.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLn.Addr() }
+
+// HTTPAddr returns the address the REST mirror listens on.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
+
+// Serve serves until ctx is done, then shuts down gracefully: it stops
+// accepting calls, reports NOT_SERVING, lets in-flight downloads finish for
+// up to the shutdown timeout, then cancels the rest. It returns nil after a
+// shutdown that ctx asked for.
+func (s *Server) Serve(ctx context.Context) error {
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(buildlogv1.BuildLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	serve := func(name string, f func() error) {
+		wg.Go(func() {
+			if err := f(); err != nil && !errors.Is(err, grpc.ErrServerStopped) && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	serve("serve gRPC", func() error { return s.grpcServer.Serve(s.grpcLn) })
+	serve("serve in-process gRPC", func() error { return s.grpcServer.Serve(s.inprocLn) })
+	serve("serve HTTP", func() error { return s.httpServer.Serve(s.httpLn) })
+	s.cfg.Logger.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "upstream", s.cfg.Upstream)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	s.shutdown()
+	wg.Wait()
+	return serveErr
+}
+
+// shutdown stops the servers, giving in-flight calls the shutdown timeout
+// to finish.
+func (s *Server) shutdown() {
+	s.cfg.Logger.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
+	s.health.Shutdown() // NOT_SERVING for every service
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+
+	// REST downloads ride on the in-process gRPC connection: let them
+	// finish before the gRPC server stops.
+	if err := s.httpServer.Shutdown(ctx); err != nil {
+		s.httpServer.Close()
+	}
+	stopped := make(chan struct{})
+	go func() {
+		s.grpcServer.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.grpcServer.Stop() // cancels the calls still running
+		<-stopped
+	}
+	s.gatewayCC.Close()
+	s.cfg.Logger.Info("stopped")
+}

@@ -1,0 +1,245 @@
+// Package service implements buildlog.v1.BuildLogService: it validates a
+// request, fetches the log from the upstream API with the caller's token and
+// relays it as a stream of chunks, with backpressure from the caller down to
+// the upstream connection.
+//
+// Import order of the repository's packages is one way: cmd → server →
+// {gateway, service} → upstream; gen is a leaf. service declares the
+// interface it needs from the upstream ([LogSource]); upstream never imports
+// service.
+package service
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"path"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/upstream"
+)
+
+// Chunk sizes: the data carried by one stream message.
+const (
+	// DefaultChunkSize was chosen by measurement (see the README's
+	// performance section): larger chunks do not relay faster, smaller ones
+	// cost CPU per byte.
+	DefaultChunkSize = 64 << 10
+	// MinChunkSize and MaxChunkSize bound the setting; the maximum stays well
+	// under gRPC's default 4 MiB message limit, which clients in every
+	// language enforce.
+	MinChunkSize = 1 << 10
+	MaxChunkSize = 2 << 20
+)
+
+// defaultContentType is the media type of a log whose upstream answer named
+// none, or an invalid one.
+const defaultContentType = "application/octet-stream"
+
+// LogSource fetches action logs. *upstream.Client implements it.
+type LogSource interface {
+	DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error)
+}
+
+// Server implements buildlogv1.BuildLogServiceServer.
+type Server struct {
+	buildlogv1.UnimplementedBuildLogServiceServer
+
+	source    LogSource
+	chunkSize int
+	buffers   sync.Pool // of *[]byte with len chunkSize
+}
+
+// Option configures a [Server].
+type Option func(*Server)
+
+// WithChunkSize sets the largest data size of one stream message, between
+// [MinChunkSize] and [MaxChunkSize]; the default is [DefaultChunkSize].
+func WithChunkSize(n int) Option {
+	return func(s *Server) { s.chunkSize = n }
+}
+
+// New returns a service that fetches logs from source.
+func New(source LogSource, opts ...Option) (*Server, error) {
+	s := &Server{source: source, chunkSize: DefaultChunkSize}
+	for _, opt := range opts {
+		opt(s)
+	}
+	if s.chunkSize < MinChunkSize || s.chunkSize > MaxChunkSize {
+		return nil, fmt.Errorf("chunk size %d is out of range [%d, %d]", s.chunkSize, MinChunkSize, MaxChunkSize)
+	}
+	s.buffers.New = func() any {
+		b := make([]byte, s.chunkSize)
+		return &b
+	}
+	return s, nil
+}
+
+// ChunkSize returns the largest data size of one stream message.
+func (s *Server) ChunkSize() int { return s.chunkSize }
+
+// DownloadTaskLog implements buildlogv1.BuildLogServiceServer.
+func (s *Server) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
+	ctx := stream.Context()
+	token, err := tokenFromContext(ctx)
+	if err == nil {
+		err = validate(req)
+	}
+	if err == nil {
+		err = s.relay(ctx, req, token, stream)
+	}
+	if err != nil {
+		return toStatus(ctx, err).Err()
+	}
+	return nil
+}
+
+// relay fetches the log and sends the requested range of it. Memory is one
+// chunk buffer, reused: Send encodes the message before it returns, and
+// blocks while the caller's flow-control window is full, so a slow caller
+// slows the upstream read instead of filling memory.
+func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogRequest, token string, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
+	log, err := s.source.DownloadTaskLog(ctx, upstream.Request{
+		RecordID: req.GetRecordId(),
+		TaskName: req.GetTaskName(),
+		LogLevel: upstreamLogLevel(req.GetLogLevel()),
+		Token:    token,
+	})
+	if err != nil {
+		return err
+	}
+	defer log.Body.Close()
+
+	offset := req.GetOffset()
+	if log.Size >= 0 && offset > log.Size {
+		return &offsetError{offset: offset, size: log.Size}
+	}
+	if offset > 0 {
+		// The upstream is not known to honour Range, so skip by reading.
+		skipped, err := io.CopyN(io.Discard, log.Body, offset)
+		if err == io.EOF {
+			return &offsetError{offset: offset, size: skipped}
+		}
+		if err != nil {
+			return &interruptedError{resumeOffset: offset, err: err}
+		}
+	}
+
+	remaining := req.GetLimit()
+	if remaining == 0 {
+		remaining = math.MaxInt64
+	}
+	bufp := s.buffers.Get().(*[]byte)
+	defer s.buffers.Put(bufp)
+	buf := *bufp
+
+	resp := &buildlogv1.DownloadTaskLogResponse{Offset: offset, Metadata: logMetadata(req, log)}
+	pos := offset
+	for remaining > 0 {
+		n, rerr := fill(log.Body, buf[:min(int64(len(buf)), remaining)])
+		if n > 0 {
+			resp.Data, resp.Offset = buf[:n], pos
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			resp.Metadata = nil
+			pos += int64(n)
+			remaining -= int64(n)
+		}
+		if rerr == io.EOF {
+			if log.Size >= 0 && pos != log.Size && remaining > 0 {
+				return &interruptedError{resumeOffset: pos, err: io.ErrUnexpectedEOF}
+			}
+			break
+		}
+		if rerr != nil {
+			return &interruptedError{resumeOffset: pos, err: rerr}
+		}
+	}
+	if resp.Metadata != nil {
+		// Nothing was sent: the range is empty. One message still carries the
+		// metadata, so callers always learn what the log is.
+		resp.Data = nil
+		return stream.Send(resp)
+	}
+	return nil
+}
+
+// fill reads into buf until it is full or the reader fails, returning io.EOF
+// only at the end of r. Unlike io.ReadFull it keeps a genuine
+// io.ErrUnexpectedEOF from r (a truncated body) distinct from a short read
+// at the end.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func upstreamLogLevel(l buildlogv1.LogLevel) string {
+	switch l {
+	case buildlogv1.LogLevel_LOG_LEVEL_INFO:
+		return "INFO"
+	case buildlogv1.LogLevel_LOG_LEVEL_DEBUG:
+		return "DEBUG"
+	}
+	return ""
+}
+
+// logMetadata describes the log for the first message.
+func logMetadata(req *buildlogv1.DownloadTaskLogRequest, log *upstream.Log) *buildlogv1.LogMetadata {
+	md := &buildlogv1.LogMetadata{
+		ContentType: defaultContentType,
+		FileName:    fileName(log.FileName, req.GetRecordId()+"-"+req.GetTaskName()+".log"),
+		RequestId:   log.RequestID,
+	}
+	if mt, params, err := mime.ParseMediaType(log.ContentType); err == nil {
+		if ct := mime.FormatMediaType(mt, params); ct != "" {
+			md.ContentType = ct
+		}
+	}
+	if log.Size >= 0 {
+		md.TotalSize = proto.Int64(log.Size)
+	}
+	return md
+}
+
+// maxFileName is the longest file name most file systems accept, in bytes.
+const maxFileName = 255
+
+// fileName returns a safe plain file name: the last path element of name (or
+// fallback when name has none), with characters outside [A-Za-z0-9._-]
+// replaced by "_" and no leading dot.
+func fileName(name, fallback string) string {
+	base := path.Base(strings.ReplaceAll(name, `\`, "/"))
+	if name == "" || base == "." || base == ".." || base == "/" {
+		base = fallback
+	}
+	var b strings.Builder
+	for _, r := range base {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		case r == '.' && b.Len() > 0:
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+		if b.Len() >= maxFileName {
+			break
+		}
+	}
+	return b.String()
+}

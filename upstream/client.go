@@ -1,0 +1,217 @@
+// Package upstream is a client for Huawei Cloud CodeArts Build's "download
+// build action log" API, GET /v4/{record_id}/task-log.
+//
+// It streams the log body to the caller without buffering it, and turns
+// error responses into [*Error] values. It knows nothing of gRPC: the service
+// package maps its errors to gRPC statuses.
+package upstream
+
+import (
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Request names one action log and carries the caller's credentials.
+type Request struct {
+	// RecordID is the build record id (path parameter record_id).
+	RecordID string
+	// TaskName is the build action, such as "stage1" (query task_name).
+	TaskName string
+	// LogLevel is "INFO" or "DEBUG" (query log_level); empty omits the
+	// parameter so the upstream applies its default, INFO.
+	LogLevel string
+	// Token is the caller's IAM token, sent as X-Auth-Token.
+	Token string
+}
+
+// Log is a successful response: the log file and what the upstream said
+// about it. The caller must close Body.
+type Log struct {
+	// Body streams the log bytes. Read errors after the headers (a cut
+	// connection, fewer bytes than announced) surface here.
+	Body io.ReadCloser
+	// ContentType is the Content-Type header as sent; empty when absent.
+	ContentType string
+	// FileName is the filename parameter of Content-Disposition, as sent;
+	// empty when absent.
+	FileName string
+	// Size is the log's length in bytes, or -1 when the upstream did not
+	// announce it.
+	Size int64
+	// RequestID is the X-Request-Id header; empty when absent.
+	RequestID string
+}
+
+// Client calls the upstream API. It is safe for concurrent use.
+type Client struct {
+	base       *url.URL
+	httpClient *http.Client
+	userAgent  string
+}
+
+// Option configures a [Client].
+type Option func(*Client)
+
+// WithHTTPClient makes the client send requests through hc instead of the
+// default, a dedicated [http.Client] tuned for streaming large bodies. The
+// client's CheckRedirect is replaced so the token never follows a redirect to
+// another host.
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Client) { c.httpClient = hc }
+}
+
+// WithUserAgent sets the User-Agent header of upstream requests; the default
+// is "buildlog".
+func WithUserAgent(ua string) Option {
+	return func(c *Client) { c.userAgent = ua }
+}
+
+// New returns a client for the API at endpoint, such as
+// "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com" (see
+// [RegionEndpoint]). Plain http:// is accepted, for loopback and mesh
+// sidecars.
+func New(endpoint string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("parse upstream endpoint: %w", err)
+	}
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return nil, fmt.Errorf("upstream endpoint %q: scheme must be https or http", endpoint)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("upstream endpoint %q: want scheme://host[:port][/path] only", endpoint)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = ""
+	c := &Client{base: u, userAgent: "buildlog"}
+	for _, opt := range opts {
+		opt(c)
+	}
+	if c.httpClient == nil {
+		c.httpClient = &http.Client{Transport: newTransport()}
+	} else {
+		hc := *c.httpClient
+		c.httpClient = &hc
+	}
+	c.httpClient.CheckRedirect = checkRedirect
+	return c, nil
+}
+
+// newTransport returns the transport for upstream requests. Compression is
+// off so sizes and offsets are in log bytes; a body that arrives gzipped
+// anyway is decoded in [Client.DownloadTaskLog].
+func newTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.DisableCompression = true
+	t.MaxIdleConnsPerHost = 64
+	t.ReadBufferSize = 64 << 10
+	return t
+}
+
+// checkRedirect follows up to 10 redirects, dropping the token when a
+// redirect leaves the original host: net/http strips Authorization and
+// Cookie itself, but knows nothing of X-Auth-Token.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if req.URL.Host != via[0].URL.Host || req.URL.Scheme != via[0].URL.Scheme {
+		req.Header.Del("X-Auth-Token")
+	}
+	return nil
+}
+
+// URL returns the upstream URL for req, with record_id path-escaped and the
+// query parameters query-escaped.
+func (c *Client) URL(req Request) *url.URL {
+	u := *c.base
+	u.Path = c.base.Path + "/v4/" + req.RecordID + "/task-log"
+	u.RawPath = c.base.EscapedPath() + "/v4/" + url.PathEscape(req.RecordID) + "/task-log"
+	q := url.Values{"task_name": {req.TaskName}}
+	if req.LogLevel != "" {
+		q.Set("log_level", req.LogLevel)
+	}
+	// Encode spaces as %20 rather than "+": every decoder reads %20 as a
+	// space, while "+" is a space only to form decoders. A literal "+" is
+	// already %2B.
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+	return &u
+}
+
+// DownloadTaskLog requests one action log. On success the caller reads and
+// closes the returned Log's Body; ctx governs the whole exchange, body
+// included, so cancelling it aborts a download at once.
+//
+// Errors: an *[Error] for a non-200 answer, a *[ProtocolError] for an answer
+// that cannot be a log, and otherwise the transport's error (connection
+// refused, TLS failure, ctx's error).
+func (c *Client) DownloadTaskLog(ctx context.Context, req Request) (*Log, error) {
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(req).String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("build upstream request: %w", err)
+	}
+	hreq.Header.Set("X-Auth-Token", req.Token)
+	hreq.Header.Set("Accept", "application/octet-stream, application/json;q=0.9, */*;q=0.1")
+	hreq.Header.Set("User-Agent", c.userAgent)
+	resp, err := c.httpClient.Do(hreq)
+	if err != nil {
+		return nil, fmt.Errorf("upstream request: %w", unwrapURLError(err))
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, parseError(resp, req.Token)
+	}
+	log := &Log{
+		Body:        resp.Body,
+		ContentType: resp.Header.Get("Content-Type"),
+		Size:        resp.ContentLength,
+		RequestID:   sanitize(resp.Header.Get("X-Request-Id"), req.Token, maxRequestIDBytes),
+	}
+	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
+		log.FileName = params["filename"]
+	}
+	switch enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			resp.Body.Close()
+			return nil, fmt.Errorf("read upstream gzip header: %w", err)
+		}
+		log.Body = &gzipBody{Reader: zr, body: resp.Body}
+		log.Size = -1
+	default:
+		resp.Body.Close()
+		return nil, &ProtocolError{Problem: fmt.Sprintf("unsupported Content-Encoding %q", sanitize(enc, req.Token, 64))}
+	}
+	return log, nil
+}
+
+// unwrapURLError drops the *url.Error layer, whose message repeats the
+// method and the whole URL, keeping the cause (a net.OpError, a TLS error,
+// context.Canceled).
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// gzipBody decodes a gzipped body and closes the connection's body.
+type gzipBody struct {
+	*gzip.Reader
+	body io.Closer
+}
+
+func (b *gzipBody) Close() error { return b.body.Close() }

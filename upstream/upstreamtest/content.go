@@ -1,0 +1,123 @@
+package upstreamtest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Generated logs are lines of one fixed width, so the byte at any offset is
+// computed directly and a log of any size is produced on the fly. Lines are
+// built a page at a time from a template in which only the line numbers
+// change, which makes generation about as fast as copying memory.
+const (
+	lineNumberDigits = 12
+	pageLines        = 1024 // a multiple of len(phrases)
+)
+
+var phrases = [...]string{
+	"Downloading dependencies from the mirror",
+	"Compiling module core (warnings: 0)",
+	"Running unit tests: 128 passed, 0 failed",
+	"Packaging artifact build-output.tar.gz",
+	"Uploading artifact to the release repository",
+	"Resolving plugin versions",
+	"Checking out source at commit 5f2c9a1",
+	"Linking target bin/service",
+	"Step finished in 1.204s",
+	"Cache hit for key deps-linux-amd64",
+	"Generating code from schema",
+	"Formatting check passed",
+	"Static analysis: no findings",
+	"Building container layer 3/7",
+	"Signing artifact with the project key",
+	"Notifying subscribers of the build status",
+}
+
+// generator produces the deterministic text of one generated log.
+type generator struct {
+	size      int64
+	width     int64  // bytes per line, newline included
+	template  []byte // one page of lines, line-number digits blank
+	numberAt  int    // offset of the digits within a line
+	page      []byte // the page currently rendered
+	pageIndex int64  // which page is in page, -1 for none
+}
+
+func newGenerator(size int64, level, taskName string) *generator {
+	if len(taskName) > 32 {
+		taskName = taskName[:32]
+	}
+	prefix := fmt.Sprintf("[%-5s] %s line ", level, strings.ToValidUTF8(taskName, "?"))
+	phraseWidth := 0
+	for _, p := range phrases {
+		phraseWidth = max(phraseWidth, len(p))
+	}
+	width := len(prefix) + lineNumberDigits + 3 + phraseWidth + 1
+	template := make([]byte, 0, width*pageLines)
+	for i := range pageLines {
+		line := prefix + strings.Repeat("0", lineNumberDigits) + " | " + phrases[i%len(phrases)]
+		line += strings.Repeat(" ", width-1-len(line)) + "\n"
+		template = append(template, line...)
+	}
+	return &generator{
+		size:      size,
+		width:     int64(width),
+		template:  template,
+		numberAt:  len(prefix),
+		page:      make([]byte, len(template)),
+		pageIndex: -1,
+	}
+}
+
+// render fills g.page with page number n.
+func (g *generator) render(n int64) {
+	copy(g.page, g.template)
+	first := n * pageLines
+	for i := range int64(pageLines) {
+		digits := g.page[i*g.width+int64(g.numberAt):][:lineNumberDigits]
+		v := first + i + 1
+		for d := lineNumberDigits - 1; d >= 0; d-- {
+			digits[d] = byte('0' + v%10)
+			v /= 10
+		}
+	}
+	g.pageIndex = n
+}
+
+// ReadAt implements io.ReaderAt over the generated log.
+func (g *generator) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("negative offset")
+	}
+	n := 0
+	pageBytes := int64(len(g.template))
+	for n < len(p) {
+		if off >= g.size {
+			return n, io.EOF
+		}
+		if pi := off / pageBytes; pi != g.pageIndex {
+			g.render(pi)
+		}
+		chunk := g.page[off%pageBytes:]
+		if rest := g.size - off; int64(len(chunk)) > rest {
+			chunk = chunk[:rest]
+		}
+		m := copy(p[n:], chunk)
+		n += m
+		off += int64(m)
+	}
+	return n, nil
+}
+
+// Generate returns the first size bytes of the log that the simulated
+// upstream generates for a task at a level ("INFO" or "DEBUG"). Tests use it
+// to compare what they received with what was sent.
+func Generate(size int64, level, taskName string) []byte {
+	b := make([]byte, size)
+	if _, err := newGenerator(size, level, taskName).ReadAt(b, 0); err != nil && err != io.EOF {
+		panic(err)
+	}
+	return b
+}

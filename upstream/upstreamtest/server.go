@@ -1,0 +1,469 @@
+// Package upstreamtest provides a simulated CodeArts Build API, in the spirit
+// of net/http/httptest: a real HTTP server on a loopback port that serves
+// GET /v4/{record_id}/task-log as the real API does (token check, validation
+// errors in the upstream's shapes, request ids), with logs of any size
+// generated on the fly and faults injected on demand.
+//
+// Tests, the demo mode of buildlogd and the benchmarks all use it.
+package upstreamtest
+
+import (
+	"cmp"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// Error codes the simulated upstream answers with. The first four are the
+// real API's; NotFoundCode is the simulator's own (the real code for an
+// unknown record is not documented).
+const (
+	InvalidParameterCode = "CB.00060200"
+	AuthFailedCode       = "APIGW.0301"
+	APINotFoundCode      = "APIGW.0101"
+	ThrottledCode        = "APIGW.0308"
+	NotFoundCode         = "CB.00060404"
+)
+
+// Log describes one action log the server holds.
+type Log struct {
+	// Size is the length of the generated log in bytes. Ignored when
+	// Content is set.
+	Size int64
+	// Content, when not nil, is served instead of generated text.
+	Content []byte
+	// ContentType is sent as Content-Type; default
+	// "application/octet-stream".
+	ContentType string
+	// FileName, when not empty, is sent in Content-Disposition.
+	FileName string
+	// OmitLength streams the log without a Content-Length (chunked).
+	OmitLength bool
+	// IgnoreRange makes the server answer Range requests with the whole log,
+	// as a server without Range support does.
+	IgnoreRange bool
+}
+
+// Fault replaces or disturbs the normal answer to matching requests. Faults
+// are used in the order they were injected.
+type Fault struct {
+	// RecordID limits the fault to one record; empty matches every request.
+	RecordID string
+	// Times is how many requests the fault applies to: 0 means once,
+	// negative means every request from now on.
+	Times int
+	// Delay waits this long before answering (the wait ends early when the
+	// client goes away).
+	Delay time.Duration
+	// Hangup closes the connection without any answer.
+	Hangup bool
+	// Status, when not zero, answers with this status, Header and Body
+	// instead of the log.
+	Status int
+	Header http.Header
+	Body   string
+	// Cut closes the connection after CutAfter bytes of the log body, as a
+	// reset or a crashed upstream does.
+	Cut      bool
+	CutAfter int64
+	// Stall stops sending after StallAfter bytes of the body and keeps the
+	// connection open until the client goes away.
+	Stall      bool
+	StallAfter int64
+	// DripBytes, when positive, sends the body DripBytes at a time with a
+	// pause of DripEvery between writes.
+	DripBytes int
+	DripEvery time.Duration
+}
+
+// ErrorFault returns a fault answering with status and the upstream's JSON
+// error document {"error_code": code, "error_msg": msg}.
+func ErrorFault(status int, code, msg string) Fault {
+	body, _ := json.Marshal(map[string]string{"error_code": code, "error_msg": msg})
+	return Fault{Status: status, Body: string(body), Header: http.Header{"Content-Type": {"application/json"}}}
+}
+
+// Throttled returns the API gateway's throttling answer: 429 APIGW.0308 with
+// a Retry-After header when retryAfter is positive.
+func Throttled(retryAfter time.Duration) Fault {
+	f := ErrorFault(http.StatusTooManyRequests, ThrottledCode, "The throttling threshold has been reached: policy user over ratelimit,limit:20,time:1 minute")
+	if retryAfter > 0 {
+		f.Header.Set("Retry-After", strconv.Itoa(int(retryAfter/time.Second)))
+	}
+	return f
+}
+
+// Request is what the server recorded of one request it received.
+type Request struct {
+	Method     string
+	RequestURI string
+	Path       string // decoded
+	Query      map[string][]string
+	Header     http.Header
+}
+
+type logKey struct{ recordID, taskName string }
+
+const maxRecorded = 1000
+
+// Server is a simulated upstream. Its methods are safe for concurrent use.
+type Server struct {
+	// URL is the base URL of the server, "http://127.0.0.1:port".
+	URL string
+
+	listener net.Listener
+	http     *http.Server
+	served   chan struct{}
+
+	mu       sync.Mutex
+	tokens   map[string]bool
+	logs     map[logKey]Log
+	faults   []*Fault
+	requests []Request
+	count    int
+}
+
+// NewServer starts a server on a free loopback port. It panics if it cannot
+// listen, as httptest.NewServer does. Close it when done.
+func NewServer() *Server {
+	s, err := Start("127.0.0.1:0")
+	if err != nil {
+		panic(fmt.Sprintf("upstreamtest: %v", err))
+	}
+	return s
+}
+
+// Start starts a server listening on addr, such as "127.0.0.1:0".
+func Start(addr string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	s := &Server{
+		URL:      "http://" + ln.Addr().String(),
+		listener: ln,
+		served:   make(chan struct{}),
+		tokens:   map[string]bool{},
+		logs:     map[logKey]Log{},
+	}
+	s.http = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		defer close(s.served)
+		_ = s.http.Serve(ln)
+	}()
+	return s, nil
+}
+
+// Close stops the server and closes every connection at once.
+func (s *Server) Close() {
+	_ = s.http.Close()
+	<-s.served
+}
+
+// AddToken makes the server accept token as X-Auth-Token.
+func (s *Server) AddToken(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tokens[token] = true
+}
+
+// AddLog makes the server serve log for (recordID, taskName), at both log
+// levels; generated text differs between levels.
+func (s *Server) AddLog(recordID, taskName string, log Log) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.logs[logKey{recordID, taskName}] = log
+}
+
+// Inject queues a fault.
+func (s *Server) Inject(f Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = append(s.faults, &f)
+}
+
+// Requests returns the last requests the server received (up to 1000),
+// oldest first.
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Request(nil), s.requests...)
+}
+
+// RequestCount returns how many requests the server has received.
+func (s *Server) RequestCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	requestID := newRequestID()
+	w.Header().Set("X-Request-Id", requestID)
+
+	recordID, ok := parsePath(r.URL.Path)
+	fault, tokenOK, log, found := s.record(r, recordID)
+	if fault != nil {
+		if !applyFault(w, r, fault) {
+			return
+		}
+	}
+	switch {
+	case !ok:
+		writeError(w, http.StatusNotFound, APINotFoundCode, "The API does not exist or has not been published in the environment", requestID)
+	case r.Method != http.MethodGet && r.Method != http.MethodHead:
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, APINotFoundCode, "method not allowed", requestID)
+	case !tokenOK:
+		writeError(w, http.StatusUnauthorized, AuthFailedCode, "Incorrect IAM authentication information: verify aksk signature fail or token is missing or invalid", requestID)
+	default:
+		if msg := validate(r, recordID); msg != "" {
+			writeError(w, http.StatusBadRequest, InvalidParameterCode, msg, requestID)
+			return
+		}
+		if !found {
+			writeError(w, http.StatusNotFound, NotFoundCode, "The build record or its action does not exist", requestID)
+			return
+		}
+		serveLog(w, r, log, recordID, fault)
+	}
+}
+
+// record notes the request and returns what answering it needs: the fault
+// to apply, whether the token is valid and the log asked for.
+func (s *Server) record(r *http.Request, recordID string) (*Fault, bool, Log, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count++
+	if len(s.requests) == maxRecorded {
+		s.requests = s.requests[1:]
+	}
+	s.requests = append(s.requests, Request{
+		Method:     r.Method,
+		RequestURI: r.RequestURI,
+		Path:       r.URL.Path,
+		Query:      r.URL.Query(),
+		Header:     r.Header.Clone(),
+	})
+	var fault *Fault
+	for i, f := range s.faults {
+		if f.RecordID != "" && f.RecordID != recordID {
+			continue
+		}
+		fault = f
+		if f.Times >= 0 {
+			if f.Times <= 1 {
+				s.faults = append(s.faults[:i:i], s.faults[i+1:]...)
+			} else {
+				f.Times--
+			}
+		}
+		break
+	}
+	log, found := s.logs[logKey{recordID, r.URL.Query().Get("task_name")}]
+	return fault, s.tokens[r.Header.Get("X-Auth-Token")], log, found
+}
+
+// applyFault applies the parts of f that act before the answer, and answers
+// itself when f replaces the answer. It reports whether the normal answer
+// should follow.
+func applyFault(w http.ResponseWriter, r *http.Request, f *Fault) bool {
+	if f.Delay > 0 {
+		t := time.NewTimer(f.Delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return false
+		}
+	}
+	if f.Hangup {
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				_ = conn.Close()
+				return false
+			}
+		}
+		panic(http.ErrAbortHandler)
+	}
+	if f.Status != 0 {
+		for k, vs := range f.Header {
+			w.Header()[k] = vs
+		}
+		w.WriteHeader(f.Status)
+		_, _ = io.WriteString(w, f.Body)
+		return false
+	}
+	return true
+}
+
+// parsePath returns the record id of a /v4/{record_id}/task-log path.
+func parsePath(p string) (string, bool) {
+	rest, ok := strings.CutPrefix(p, "/v4/")
+	if !ok {
+		return "", false
+	}
+	id, ok := strings.CutSuffix(rest, "/task-log")
+	return id, ok && id != "" && !strings.Contains(id, "/")
+}
+
+// validate checks parameters as the upstream does and returns the error
+// message, or "" when the request is valid.
+func validate(r *http.Request, recordID string) string {
+	if len(recordID) != 36 || strings.Trim(recordID, "0123456789abcdefghijklmnopqrstuvwxyz-") != "" {
+		return "Invalid parameter: record_id"
+	}
+	q := r.URL.Query()
+	if len(q["task_name"]) != 1 || q.Get("task_name") == "" || utf8.RuneCountInString(q.Get("task_name")) > 1000 {
+		return "Invalid parameter: task_name"
+	}
+	if lv, ok := q["log_level"]; ok && (len(lv) != 1 || (lv[0] != "INFO" && lv[0] != "DEBUG")) {
+		return "Invalid parameter: log_level"
+	}
+	return ""
+}
+
+// serveLog answers with the log, honouring a single "bytes=N-" or
+// "bytes=N-M" Range unless the log ignores ranges, and applying the body
+// faults of f (which may be nil).
+func serveLog(w http.ResponseWriter, r *http.Request, log Log, recordID string, f *Fault) {
+	level := r.URL.Query().Get("log_level")
+	if level == "" {
+		level = "INFO"
+	}
+	var content io.ReaderAt
+	size := log.Size
+	if log.Content != nil {
+		content, size = strings.NewReader(string(log.Content)), int64(len(log.Content))
+	} else {
+		content = newGenerator(size, level, r.URL.Query().Get("task_name"))
+	}
+
+	h := w.Header()
+	h.Set("Content-Type", cmp.Or(log.ContentType, "application/octet-stream"))
+	if log.FileName != "" {
+		h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": log.FileName}))
+	}
+	start, end, status := int64(0), size, http.StatusOK
+	if !log.IgnoreRange {
+		h.Set("Accept-Ranges", "bytes")
+		if spec := r.Header.Get("Range"); spec != "" {
+			var ok bool
+			start, end, ok = parseRange(spec, size)
+			if !ok {
+				h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+				writeError(w, http.StatusRequestedRangeNotSatisfiable, InvalidParameterCode, "Range not satisfiable", h.Get("X-Request-Id"))
+				return
+			}
+			status = http.StatusPartialContent
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+		}
+	}
+	if !log.OmitLength {
+		h.Set("Content-Length", strconv.FormatInt(end-start, 10))
+	}
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	writeBody(w, r, io.NewSectionReader(content, start, end-start), f)
+}
+
+// writeBody copies body to w, applying the body faults of f.
+func writeBody(w http.ResponseWriter, r *http.Request, body io.Reader, f *Fault) {
+	rc := http.NewResponseController(w)
+	if f == nil || (!f.Cut && !f.Stall && f.DripBytes <= 0) {
+		_, _ = io.CopyBuffer(w, body, make([]byte, 64<<10))
+		return
+	}
+	limit := int64(-1)
+	if f.Cut || f.Stall {
+		limit = f.CutAfter
+		if f.Stall {
+			limit = f.StallAfter
+		}
+	}
+	step := 64 << 10
+	if f.DripBytes > 0 {
+		step = f.DripBytes
+	}
+	buf := make([]byte, step)
+	for sent := int64(0); limit < 0 || sent < limit; {
+		n := len(buf)
+		if limit >= 0 {
+			n = int(min(int64(n), limit-sent))
+		}
+		m, err := body.Read(buf[:n])
+		if m > 0 {
+			if _, werr := w.Write(buf[:m]); werr != nil {
+				return
+			}
+			sent += int64(m)
+			_ = rc.Flush()
+		}
+		if err != nil {
+			return // the whole body was sent before the fault's point
+		}
+		if f.DripBytes > 0 && f.DripEvery > 0 {
+			select {
+			case <-time.After(f.DripEvery):
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}
+	_ = rc.Flush()
+	if f.Stall {
+		<-r.Context().Done()
+		return
+	}
+	panic(http.ErrAbortHandler) // net/http closes the connection mid-body
+}
+
+// parseRange parses a single-range "bytes=N-" or "bytes=N-M" header against
+// a body of size bytes and returns the half-open range [start, end).
+func parseRange(spec string, size int64) (start, end int64, ok bool) {
+	v, found := strings.CutPrefix(strings.TrimSpace(spec), "bytes=")
+	first, last, dash := strings.Cut(v, "-")
+	if !found || !dash || strings.Contains(v, ",") {
+		return 0, 0, false
+	}
+	start, err := strconv.ParseInt(first, 10, 64)
+	if err != nil || start < 0 || start >= size {
+		return 0, 0, false
+	}
+	end = size
+	if last != "" {
+		l, err := strconv.ParseInt(last, 10, 64)
+		if err != nil || l < start {
+			return 0, 0, false
+		}
+		end = min(l+1, size)
+	}
+	return start, end, true
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg, requestID string) {
+	body, _ := json.Marshal(map[string]string{"error_code": code, "error_msg": msg, "request_id": requestID})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Del("Content-Length")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
