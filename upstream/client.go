@@ -131,6 +131,10 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
+// CloseIdleConnections closes the idle connections to the upstream, as when
+// the client is no longer needed.
+func (c *Client) CloseIdleConnections() { c.httpClient.CloseIdleConnections() }
+
 // URL returns the upstream URL for req, with record_id path-escaped and the
 // query parameters query-escaped.
 func (c *Client) URL(req Request) *url.URL {

@@ -110,6 +110,9 @@ type Request struct {
 	Path       string // decoded
 	Query      map[string][]string
 	Header     http.Header
+	// Done is closed when the server has finished answering the request,
+	// whether it completed or the client went away.
+	Done <-chan struct{}
 }
 
 type logKey struct{ recordID, taskName string }
@@ -213,7 +216,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", requestID)
 
 	recordID, ok := parsePath(r.URL.Path)
-	fault, tokenOK, log, found := s.record(r, recordID)
+	done := make(chan struct{})
+	defer close(done)
+	fault, tokenOK, log, found := s.record(r, recordID, done)
 	if fault != nil {
 		if !applyFault(w, r, fault) {
 			return
@@ -242,7 +247,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // record notes the request and returns what answering it needs: the fault
 // to apply, whether the token is valid and the log asked for.
-func (s *Server) record(r *http.Request, recordID string) (*Fault, bool, Log, bool) {
+func (s *Server) record(r *http.Request, recordID string, done <-chan struct{}) (*Fault, bool, Log, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count++
@@ -255,6 +260,7 @@ func (s *Server) record(r *http.Request, recordID string) (*Fault, bool, Log, bo
 		Path:       r.URL.Path,
 		Query:      r.URL.Query(),
 		Header:     r.Header.Clone(),
+		Done:       done,
 	})
 	var fault *Fault
 	for i, f := range s.faults {
@@ -374,6 +380,11 @@ func serveLog(w http.ResponseWriter, r *http.Request, log Log, recordID string, 
 		h.Set("Content-Length", strconv.FormatInt(end-start, 10))
 	}
 	w.WriteHeader(status)
+	if log.OmitLength {
+		// Flushing the headers stops net/http from adding a Content-Length
+		// to a body small enough to buffer whole.
+		_ = http.NewResponseController(w).Flush()
+	}
 	if r.Method == http.MethodHead {
 		return
 	}
