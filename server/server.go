@@ -72,6 +72,7 @@ type Server struct {
 	httpServer *http.Server
 	gatewayCC  *grpc.ClientConn
 	health     *health.Server
+	upstream   *upstream.Client
 }
 
 // New builds the daemon and opens its listeners, so that [Server.GRPCAddr]
@@ -98,7 +99,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize)}
+	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize), upstream: up}
 	s.grpcServer = grpc.NewServer()
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
@@ -195,5 +196,6 @@ func (s *Server) shutdown() {
 		<-stopped
 	}
 	s.gatewayCC.Close()
+	s.upstream.CloseIdleConnections()
 	s.cfg.Logger.Info("stopped")
 }

@@ -451,4 +451,3 @@ func retryOf(st *status.Status) time.Duration {
 	}
 	return 0
 }
-

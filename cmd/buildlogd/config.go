@@ -30,7 +30,7 @@ type config struct {
 // given, and checks the result.
 func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Writer) (*config, error) {
 	var (
-		cfg      config
+		cfg         config
 		upstreamURL string
 		region      string
 		chunk       = byteSize(service.DefaultChunkSize)
