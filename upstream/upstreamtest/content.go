@@ -115,9 +115,15 @@ func (g *generator) ReadAt(p []byte, off int64) (int, error) {
 // upstream generates for a task at a level ("INFO" or "DEBUG"). Tests use it
 // to compare what they received with what was sent.
 func Generate(size int64, level, taskName string) []byte {
-	b := make([]byte, size)
-	if _, err := newGenerator(size, level, taskName).ReadAt(b, 0); err != nil && err != io.EOF {
-		panic(err)
+	b, err := io.ReadAll(Reader(size, level, taskName))
+	if err != nil {
+		panic(err) // generation cannot fail
 	}
 	return b
+}
+
+// Reader returns the log that the simulated upstream generates for a task
+// at a level, as a stream: for comparing logs too large to hold.
+func Reader(size int64, level, taskName string) io.Reader {
+	return io.NewSectionReader(newGenerator(size, level, taskName), 0, size)
 }

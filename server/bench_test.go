@@ -1,0 +1,67 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+
+	"google.golang.org/grpc/metadata"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/server/servertest"
+	"github.com/buildlog/buildlog/service"
+	"github.com/buildlog/buildlog/upstream/upstreamtest"
+)
+
+// BenchmarkDownload relays a 64 MiB log through each path at several chunk
+// sizes, with the upstream, the server and the client in this process.
+// Compare runs with benchstat; bytes/s is the relay throughput.
+func BenchmarkDownload(b *testing.B) {
+	const size = 64 << 20
+	for _, chunk := range []int{64 << 10, 256 << 10, 1 << 20} {
+		s := servertest.Start(b, chunk)
+		s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
+		b.Run(fmt.Sprintf("path=grpc/chunk=%dKiB", chunk>>10), func(b *testing.B) {
+			b.SetBytes(size)
+			ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+			for b.Loop() {
+				stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				n := 0
+				for {
+					msg, err := stream.Recv()
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					n += len(msg.GetData())
+				}
+				if n != size {
+					b.Fatalf("got %d bytes, want %d", n, size)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("path=rest/chunk=%dKiB", chunk>>10), func(b *testing.B) {
+			b.SetBytes(size)
+			for b.Loop() {
+				req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
+				req.Header.Set("X-Auth-Token", token)
+				resp, err := s.HTTP.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, err := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err != nil || n != size {
+					b.Fatalf("got %d bytes, %v; want %d", n, err, size)
+				}
+			}
+		})
+	}
+}
