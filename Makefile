@@ -1,0 +1,40 @@
+# Developer tasks. Each is also runnable without make: see the commands.
+# Tools are pinned in tools/go.mod and run with `go tool`, so nothing needs
+# installing beyond Go.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+TOOL := go tool -modfile=tools/go.mod
+
+.PHONY: generate lint test bench ci breaking-baseline
+
+## generate: regenerate gen/ from proto/
+generate:
+	$(TOOL) buf generate
+
+## lint: gofmt, go vet, staticcheck, buf lint/format/breaking
+lint:
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	go vet ./...
+	$(TOOL) staticcheck ./...
+	$(TOOL) buf lint
+	$(TOOL) buf format --diff --exit-code
+	$(TOOL) buf breaking --against proto/breaking-baseline.binpb
+
+## test: the whole test suite with the race detector (the README's command)
+test:
+	go test -race ./...
+
+## bench: relay benchmark (1 GiB: direct, gRPC, REST) and Go benchmarks
+bench:
+	go run ./bench -size 1GiB -runs 5
+	go test ./server/ -run '^$$' -bench Download -benchmem -count 5
+
+## ci: what CI runs, from a clean clone
+ci:
+	.ci/run
+
+## breaking-baseline: record the current API as the one `buf breaking` guards
+## (only when releasing a new contract on purpose)
+breaking-baseline:
+	$(TOOL) buf build --exclude-source-info -o proto/breaking-baseline.binpb
