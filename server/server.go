@@ -42,6 +42,19 @@ const (
 // mirror to the gRPC server.
 const inprocBufferSize = 1 << 20
 
+// gatewayConnWindow is the connection flow-control window of the REST
+// mirror's in-process connection. grpc-go returns connection window as soon
+// as it reads data, so a slow stream never holds it.
+const gatewayConnWindow = 16 << 20
+
+// gatewayStreamWindow is the stream flow-control window of the REST mirror's
+// in-process connection: how far the service may run ahead of a REST
+// client, so the memory a slow reader can pin. Two chunks keep the pipe full
+// on an in-memory connection.
+func gatewayStreamWindow(chunkSize int) int32 {
+	return int32(max(2*(chunkSize+messageOverhead), 64<<10))
+}
+
 // Config is the daemon's configuration.
 type Config struct {
 	// GRPCAddr and HTTPAddr are the listen addresses of the gRPC service
@@ -108,6 +121,10 @@ func New(cfg Config) (*Server, error) {
 	s.gatewayCC, err = grpc.NewClient("passthrough:///buildlog-inprocess",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inprocLn.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Static windows turn off BDP estimation, which would grow a stream's
+		// window (data buffered for a slow REST reader) to 16 MiB.
+		grpc.WithInitialWindowSize(gatewayStreamWindow(cfg.ChunkSize)),
+		grpc.WithInitialConnWindowSize(gatewayConnWindow),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect the REST mirror to the service: %w", err)
