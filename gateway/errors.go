@@ -12,6 +12,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/buildlog/buildlog/service"
@@ -78,6 +79,21 @@ func handleError(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, 
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(httpStatus)
 	_, _ = w.Write(body)
+}
+
+// handleRoutingError answers requests no route matches with their own HTTP
+// status (grpc-gateway's default turns 405 into 501).
+func handleRoutingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	code := codes.NotFound
+	switch httpStatus {
+	case http.StatusMethodNotAllowed:
+		code = codes.Unimplemented
+		w.Header().Set("Allow", http.MethodGet)
+	case http.StatusBadRequest:
+		code = codes.InvalidArgument
+	}
+	err := &runtime.HTTPStatusError{HTTPStatus: httpStatus, Err: status.Error(code, http.StatusText(httpStatus))}
+	handleError(ctx, mux, m, w, r, err)
 }
 
 // handleStreamError handles a stream that ended with an error. Before the

@@ -39,6 +39,7 @@ func New(ctx context.Context, client buildlogv1.BuildLogServiceClient) (http.Han
 		runtime.WithOutgoingTrailerMatcher(dropHeader),
 		runtime.WithErrorHandler(handleError),
 		runtime.WithStreamErrorHandler(handleStreamError),
+		runtime.WithRoutingErrorHandler(handleRoutingError),
 	)
 	if err := buildlogv1.RegisterBuildLogServiceHandlerClient(ctx, mux, client); err != nil {
 		return nil, err

@@ -212,6 +212,26 @@ func TestRESTErrors(t *testing.T) {
 	}
 }
 
+func TestRESTOtherMethods(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
+		req, _ := http.NewRequest(method, s.RESTURL+logPath("stage1"), nil)
+		req.Header.Set("X-Auth-Token", token)
+		resp, err := s.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
+			t.Errorf("%s: status %d, Allow %q; want 405 and GET", method, resp.StatusCode, resp.Header.Get("Allow"))
+		}
+	}
+	if n := s.Upstream.RequestCount(); n != 0 {
+		t.Errorf("the upstream received %d requests, want none", n)
+	}
+}
+
 func TestFailureAfterFirstByteIsNeverComplete(t *testing.T) {
 	t.Parallel()
 	const size, cut = 1 << 20, 100_000
