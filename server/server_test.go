@@ -263,6 +263,29 @@ func TestFailureAfterFirstByteIsNeverComplete(t *testing.T) {
 	}
 }
 
+func TestRESTClientGoneCancelsUpstream(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
+	s.Upstream.Inject(upstreamtest.Fault{Stall: true, StallAfter: 32 << 10})
+	req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
+	req.Header.Set("X-Auth-Token", token)
+	resp, err := s.HTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // the client goes away mid-download
+	s.HTTP.CloseIdleConnections()
+	select {
+	case <-s.Upstream.Requests()[0].Done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the upstream request is still running after the REST client left")
+	}
+}
+
 func TestLargeTokens(t *testing.T) {
 	t.Parallel()
 	s := startStack(t)
