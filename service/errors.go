@@ -148,9 +148,10 @@ func (e *offsetError) Error() string {
 
 // interruptedError is a failure reading the upstream body, after the
 // response headers; resumeOffset is the log offset the caller has received
-// up to.
+// up to, requestID the upstream's id of the response that broke.
 type interruptedError struct {
 	resumeOffset int64
+	requestID    string
 	err          error
 }
 
@@ -196,8 +197,13 @@ func toStatus(ctx context.Context, err error) *status.Status {
 	case errors.As(err, &interrupted):
 		msg := fmt.Sprintf("the upstream log broke off at offset %d (%v); request the rest with offset=%d",
 			interrupted.resumeOffset, interrupted.err, interrupted.resumeOffset)
-		return newStatus(codes.Unavailable, capMessage(msg), ReasonUpstreamInterrupted,
-			map[string]string{MetadataResumeOffset: strconv.FormatInt(interrupted.resumeOffset, 10)})
+		md := map[string]string{MetadataResumeOffset: strconv.FormatInt(interrupted.resumeOffset, 10)}
+		var extra []protoadapt.MessageV1
+		if id := interrupted.requestID; id != "" {
+			md[MetadataRequestID] = id
+			extra = append(extra, &errdetails.RequestInfo{RequestId: id})
+		}
+		return withDetails(newStatus(codes.Unavailable, capMessage(msg), ReasonUpstreamInterrupted, md), extra...)
 	}
 	if st, ok := status.FromError(err); ok {
 		return st // from grpc-go itself, such as a failed Send

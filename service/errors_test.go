@@ -140,6 +140,15 @@ func TestToStatus(t *testing.T) {
 			wantDetails: []any{info(ReasonUpstreamInterrupted, map[string]string{MetadataResumeOffset: "4096"})},
 		},
 		{
+			name:     "interrupted with a request id",
+			err:      &interruptedError{resumeOffset: 10, requestID: "req-9", err: io.ErrUnexpectedEOF},
+			wantCode: codes.Unavailable,
+			wantDetails: []any{
+				info(ReasonUpstreamInterrupted, map[string]string{MetadataResumeOffset: "10", MetadataRequestID: "req-9"}),
+				&errdetails.RequestInfo{RequestId: "req-9"},
+			},
+		},
+		{
 			name:        "offset out of range",
 			err:         &offsetError{offset: 11, size: 10},
 			wantCode:    codes.OutOfRange,

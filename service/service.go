@@ -107,29 +107,34 @@ func (s *Server) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, stream 
 // blocks while the caller's flow-control window is full, so a slow caller
 // slows the upstream read instead of filling memory.
 func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogRequest, token string, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
+	offset := req.GetOffset()
 	log, err := s.source.DownloadTaskLog(ctx, upstream.Request{
 		RecordID: req.GetRecordId(),
 		TaskName: req.GetTaskName(),
 		LogLevel: upstreamLogLevel(req.GetLogLevel()),
 		Token:    token,
+		Offset:   offset,
+		Limit:    req.GetLimit(),
 	})
 	if err != nil {
 		return err
 	}
 	defer log.Body.Close()
+	interrupted := func(at int64, err error) error {
+		return &interruptedError{resumeOffset: at, requestID: log.RequestID, err: err}
+	}
 
-	offset := req.GetOffset()
 	if log.Size >= 0 && offset > log.Size {
 		return &offsetError{offset: offset, size: log.Size}
 	}
-	if offset > 0 {
-		// The upstream is not known to honour Range, so skip by reading.
-		skipped, err := io.CopyN(io.Discard, log.Body, offset)
+	if skip := offset - log.Start; skip > 0 {
+		// The upstream ignored the Range and sent the log from its start.
+		skipped, err := io.CopyN(io.Discard, log.Body, skip)
 		if err == io.EOF {
-			return &offsetError{offset: offset, size: skipped}
+			return &offsetError{offset: offset, size: log.Start + skipped}
 		}
 		if err != nil {
-			return &interruptedError{resumeOffset: offset, err: err}
+			return interrupted(offset, err)
 		}
 	}
 
@@ -156,12 +161,12 @@ func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogReque
 		}
 		if rerr == io.EOF {
 			if log.Size >= 0 && pos != log.Size && remaining > 0 {
-				return &interruptedError{resumeOffset: pos, err: io.ErrUnexpectedEOF}
+				return interrupted(pos, io.ErrUnexpectedEOF)
 			}
 			break
 		}
 		if rerr != nil {
-			return &interruptedError{resumeOffset: pos, err: rerr}
+			return interrupted(pos, rerr)
 		}
 	}
 	if resp.Metadata != nil {

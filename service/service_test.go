@@ -187,6 +187,8 @@ func TestDownloadOffsetLimit(t *testing.T) {
 	e := newEnv(t, service.WithChunkSize(chunk))
 	e.up.AddLog(recordID, "sized", upstreamtest.Log{Size: size})
 	e.up.AddLog(recordID, "unsized", upstreamtest.Log{Size: size, OmitLength: true})
+	e.up.AddLog(recordID, "norange", upstreamtest.Log{Size: size, IgnoreRange: true})
+	e.up.AddLog(recordID, "neither", upstreamtest.Log{Size: size, IgnoreRange: true, OmitLength: true})
 	tests := []struct {
 		name          string
 		offset, limit int64
@@ -208,7 +210,8 @@ func TestDownloadOffsetLimit(t *testing.T) {
 		{"negative offset", -1, 0, 0, 0, codes.InvalidArgument},
 		{"negative limit", 0, -1, 0, 0, codes.InvalidArgument},
 	}
-	for _, task := range []string{"sized", "unsized"} {
+	// The upstream may or may not announce sizes and honour Range.
+	for _, task := range []string{"sized", "unsized", "norange", "neither"} {
 		full := upstreamtest.Generate(size, "INFO", task)
 		for _, tt := range tests {
 			t.Run(task+"/"+tt.name, func(t *testing.T) {
@@ -360,6 +363,9 @@ func TestDownloadFailureAfterFirstByte(t *testing.T) {
 			if len(got) == 0 || !bytes.Equal(got, upstreamtest.Generate(1<<20, "INFO", "stage1")[10:10+len(got)]) {
 				t.Errorf("got %d bytes before the error, want a non-empty, correct prefix", len(got))
 			}
+			if infoOf(st).GetMetadata()[service.MetadataRequestID] == "" || !hasRequestInfo(st) {
+				t.Errorf("details %v, want the upstream request id in ErrorInfo and RequestInfo", st.Details())
+			}
 			resume, _ := strconv.ParseInt(infoOf(st).GetMetadata()[service.MetadataResumeOffset], 10, 64)
 			if resume != 10+int64(len(got)) {
 				t.Errorf("resumeOffset = %d, want %d (the offset after the last byte delivered)", resume, 10+len(got))
@@ -430,6 +436,15 @@ func infoOf(st *status.Status) *errdetails.ErrorInfo {
 		}
 	}
 	return nil
+}
+
+func hasRequestInfo(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RequestInfo); ok && ri.GetRequestId() != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func reasonOf(st *status.Status) string { return infoOf(st).GetReason() }

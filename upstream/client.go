@@ -31,6 +31,10 @@ type Request struct {
 	LogLevel string
 	// Token is the caller's IAM token, sent as X-Auth-Token.
 	Token string
+	// Offset and Limit ask for a byte range of the log: from Offset, at most
+	// Limit bytes (0: to the end). They are sent as a Range header; an
+	// upstream that ignores it sends the whole log, which Log.Start says.
+	Offset, Limit int64
 }
 
 // Log is a successful response: the log file and what the upstream said
@@ -44,8 +48,11 @@ type Log struct {
 	// FileName is the filename parameter of Content-Disposition, as sent;
 	// empty when absent.
 	FileName string
-	// Size is the log's length in bytes, or -1 when the upstream did not
-	// announce it.
+	// Start is the log offset of Body's first byte: the request's Offset
+	// when the upstream honoured the Range, 0 when it sent the whole log.
+	Start int64
+	// Size is the whole log's length in bytes (from Content-Length, or the
+	// total of Content-Range), or -1 when the upstream did not announce it.
 	Size int64
 	// RequestID is the X-Request-Id header; empty when absent.
 	RequestID string
@@ -164,6 +171,38 @@ func (c *Client) URL(req Request) *url.URL {
 // that cannot be a log, and otherwise the transport's error (connection
 // refused, TLS failure, ctx's error).
 func (c *Client) DownloadTaskLog(ctx context.Context, req Request) (*Log, error) {
+	ranged := req.Offset > 0 || req.Limit > 0
+	resp, err := c.get(ctx, req, ranged)
+	if err != nil {
+		return nil, err
+	}
+	if ranged && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+		if size, ok := unsatisfiedRangeSize(resp.Header.Get("Content-Range")); ok {
+			resp.Body.Close()
+			// The range starts at or past the end: the service tells which.
+			return &Log{Body: http.NoBody, Start: req.Offset, Size: size, RequestID: c.requestID(resp, req)}, nil
+		}
+		// Without the log's size an offset at the end cannot be told from
+		// one past it: ask for the whole log instead.
+		resp.Body.Close()
+		if resp, err = c.get(ctx, req, false); err != nil {
+			return nil, err
+		}
+	}
+	if resp.StatusCode != http.StatusOK && (resp.StatusCode != http.StatusPartialContent || !ranged) {
+		defer resp.Body.Close()
+		return nil, parseError(resp, req.Token)
+	}
+	log, err := c.newLog(resp, req)
+	if err != nil {
+		resp.Body.Close()
+		return nil, err
+	}
+	return log, nil
+}
+
+// get sends the request, with a Range header for req's range when ranged.
+func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Response, error) {
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(req).String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("build upstream request: %w", err)
@@ -171,38 +210,58 @@ func (c *Client) DownloadTaskLog(ctx context.Context, req Request) (*Log, error)
 	hreq.Header.Set("X-Auth-Token", req.Token)
 	hreq.Header.Set("Accept", "application/octet-stream, application/json;q=0.9, */*;q=0.1")
 	hreq.Header.Set("User-Agent", c.userAgent)
+	if ranged {
+		hreq.Header.Set("Range", rangeHeader(req.Offset, req.Limit))
+	}
 	resp, err := c.httpClient.Do(hreq)
 	if err != nil {
 		return nil, fmt.Errorf("upstream request: %w", unwrapURLError(err))
 	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		return nil, parseError(resp, req.Token)
-	}
+	return resp, nil
+}
+
+// newLog describes a 200 or 206 response.
+func (c *Client) newLog(resp *http.Response, req Request) (*Log, error) {
 	log := &Log{
 		Body:        resp.Body,
 		ContentType: resp.Header.Get("Content-Type"),
 		Size:        resp.ContentLength,
-		RequestID:   sanitize(resp.Header.Get("X-Request-Id"), req.Token, maxRequestIDBytes),
+		RequestID:   c.requestID(resp, req),
 	}
 	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
 		log.FileName = params["filename"]
 	}
-	switch enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); enc {
+	encoding := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding")))
+	if resp.StatusCode == http.StatusPartialContent {
+		if encoding != "" && encoding != "identity" {
+			return nil, &ProtocolError{Problem: "a partial response in Content-Encoding " + sanitize(encoding, req.Token, 64)}
+		}
+		first, last, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || first != req.Offset || (req.Limit > 0 && last-first+1 > req.Limit) ||
+			(resp.ContentLength >= 0 && resp.ContentLength != last-first+1) {
+			return nil, &ProtocolError{Problem: fmt.Sprintf("Content-Range %q does not answer Range %q",
+				sanitize(resp.Header.Get("Content-Range"), req.Token, 100), rangeHeader(req.Offset, req.Limit))}
+		}
+		log.Start, log.Size = first, size
+		return log, nil
+	}
+	switch encoding {
 	case "", "identity":
 	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(resp.Body)
 		if err != nil {
-			resp.Body.Close()
 			return nil, fmt.Errorf("read upstream gzip header: %w", err)
 		}
 		log.Body = &gzipBody{Reader: zr, body: resp.Body}
 		log.Size = -1
 	default:
-		resp.Body.Close()
-		return nil, &ProtocolError{Problem: fmt.Sprintf("unsupported Content-Encoding %q", sanitize(enc, req.Token, 64))}
+		return nil, &ProtocolError{Problem: fmt.Sprintf("unsupported Content-Encoding %q", sanitize(encoding, req.Token, 64))}
 	}
 	return log, nil
+}
+
+func (c *Client) requestID(resp *http.Response, req Request) string {
+	return sanitize(resp.Header.Get("X-Request-Id"), req.Token, maxRequestIDBytes)
 }
 
 // unwrapURLError drops the *url.Error layer, whose message repeats the

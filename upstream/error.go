@@ -67,19 +67,6 @@ type ProtocolError struct {
 
 func (e *ProtocolError) Error() string { return "upstream protocol error: " + e.Problem }
 
-// errorBody is the union of the error document shapes Huawei Cloud services
-// are known to send.
-type errorBody struct {
-	ErrorCode string `json:"error_code"`
-	ErrorMsg  string `json:"error_msg"`
-	RequestID string `json:"request_id"`
-	// IAM and some gateways nest the error instead.
-	Nested *struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
 // parseError turns an error response into an *Error. It reads at most
 // maxErrorBody bytes of the body; token, when not empty, is removed from
 // everything the result holds.
@@ -89,13 +76,7 @@ func parseError(resp *http.Response, token string) *Error {
 		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	var body errorBody
-	if json.Unmarshal(raw, &body) == nil {
-		e.Code, e.Message, e.RequestID = body.ErrorCode, body.ErrorMsg, body.RequestID
-		if body.Nested != nil && e.Code == "" && e.Message == "" {
-			e.Code, e.Message = body.Nested.Code, body.Nested.Message
-		}
-	}
+	e.Code, e.Message, e.RequestID = parseErrorBody(raw)
 	if id := resp.Header.Get("X-Request-Id"); id != "" {
 		e.RequestID = id
 	}
@@ -103,6 +84,39 @@ func parseError(resp *http.Response, token string) *Error {
 	e.Message = sanitize(e.Message, token, maxMessageBytes)
 	e.RequestID = sanitize(e.RequestID, token, maxRequestIDBytes)
 	return e
+}
+
+// parseErrorBody reads the error code, message and request id from the
+// error document shapes Huawei Cloud services send:
+// {"error_code", "error_msg", "request_id"} (CodeArts and the API gateway)
+// and {"error": {"code", "message"}} (IAM). Each field is read on its own,
+// and numbers are accepted where strings are expected, so one field of an
+// unexpected type does not lose the others. Anything else yields nothing.
+func parseErrorBody(raw []byte) (code, msg, requestID string) {
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(raw, &doc) != nil {
+		return "", "", ""
+	}
+	code, msg, requestID = scalar(doc["error_code"]), scalar(doc["error_msg"]), scalar(doc["request_id"])
+	var nested map[string]json.RawMessage
+	if code == "" && msg == "" && json.Unmarshal(doc["error"], &nested) == nil {
+		code, msg = scalar(nested["code"]), scalar(nested["message"])
+	}
+	return code, msg, requestID
+}
+
+// scalar returns a JSON string's value or a number's text, and "" for
+// anything else.
+func scalar(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String()
+	}
+	return ""
 }
 
 // parseRetryAfter reads a Retry-After value (delta-seconds or an HTTP date)

@@ -46,6 +46,24 @@ func TestParseError(t *testing.T) {
 			want:   &Error{StatusCode: 403, Code: "IAM.0002", Message: "forbidden"},
 		},
 		{
+			name:   "IAM shape with a numeric code",
+			status: 401,
+			body:   `{"error":{"code":401,"message":"The request you have made requires authentication.","title":"Unauthorized"}}`,
+			want:   &Error{StatusCode: 401, Code: "401", Message: "The request you have made requires authentication."},
+		},
+		{
+			name:   "a field of an unexpected type keeps the others",
+			status: 500,
+			body:   `{"error_code":"CB.00060211","error_msg":"too many requests","request_id":12345,"error":"x","details":[1]}`,
+			want:   &Error{StatusCode: 500, Code: "CB.00060211", Message: "too many requests", RequestID: "12345"},
+		},
+		{
+			name:   "wrong types everywhere",
+			status: 500,
+			body:   `{"error_code":{"a":1},"error_msg":["m"],"request_id":null}`,
+			want:   &Error{StatusCode: 500},
+		},
+		{
 			name:   "HTML from a load balancer",
 			status: 502,
 			header: http.Header{"Content-Type": {"text/html"}},

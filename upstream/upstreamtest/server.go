@@ -47,7 +47,9 @@ type Log struct {
 	ContentType string
 	// FileName, when not empty, is sent in Content-Disposition.
 	FileName string
-	// OmitLength streams the log without a Content-Length (chunked).
+	// OmitLength streams the log without announcing its size: no
+	// Content-Length (chunked), "*" as the total of a Content-Range, and no
+	// Content-Range on a 416.
 	OmitLength bool
 	// IgnoreRange makes the server answer Range requests with the whole log,
 	// as a server without Range support does.
@@ -366,14 +368,21 @@ func serveLog(w http.ResponseWriter, r *http.Request, log Log, recordID string, 
 		h.Set("Accept-Ranges", "bytes")
 		if spec := r.Header.Get("Range"); spec != "" {
 			var ok bool
+			// A log without a length does not reveal it here either.
+			total := strconv.FormatInt(size, 10)
+			if log.OmitLength {
+				total = "*"
+			}
 			start, end, ok = parseRange(spec, size)
 			if !ok {
-				h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+				if !log.OmitLength {
+					h.Set("Content-Range", "bytes */"+total)
+				}
 				writeError(w, http.StatusRequestedRangeNotSatisfiable, InvalidParameterCode, "Range not satisfiable", h.Get("X-Request-Id"))
 				return
 			}
 			status = http.StatusPartialContent
-			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%s", start, end-1, total))
 		}
 	}
 	if !log.OmitLength {
