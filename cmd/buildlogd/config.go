@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -65,10 +66,10 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if cfg.demo && (set["upstream"] || set["region"]) {
-		return nil, errors.New("--demo runs its own upstream: drop --upstream and --region")
+		return nil, errors.New("--demo runs its own upstream: drop --upstream and --region (or BUILDLOG_UPSTREAM and BUILDLOG_REGION)")
 	}
 	if set["upstream"] && set["region"] {
-		return nil, errors.New("give --upstream or --region, not both")
+		return nil, errors.New("give --upstream or --region, not both (nor both BUILDLOG_UPSTREAM and BUILDLOG_REGION)")
 	}
 	switch {
 	case cfg.demo:
@@ -91,16 +92,22 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	return &cfg, nil
 }
 
+// upstreamFlags choose the upstream; only one may be given. A choice made on
+// the command line overrides the environment's for the whole group, so
+// --upstream wins over BUILDLOG_REGION as it does over BUILDLOG_UPSTREAM.
+var upstreamFlags = []string{"upstream", "region", "demo"}
+
 // applyEnv sets each flag not given on the command line from its
 // BUILDLOG_<FLAG> variable, when that is set.
 func applyEnv(fs *flag.FlagSet, getenv func(string) (string, bool)) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	upstreamGiven := slices.ContainsFunc(upstreamFlags, func(name string) bool { return given[name] })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		name := envName(f.Name)
 		v, ok := getenv(name)
-		if !ok || given[f.Name] || err != nil {
+		if !ok || given[f.Name] || err != nil || (upstreamGiven && slices.Contains(upstreamFlags, f.Name)) {
 			return
 		}
 		if serr := fs.Set(f.Name, v); serr != nil {

@@ -56,6 +56,25 @@ func TestParseConfig(t *testing.T) {
 			want: config{grpcAddr: ":2", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second},
 		},
 		{
+			name: "--upstream beats BUILDLOG_REGION",
+			args: []string{"--upstream", "http://127.0.0.1:1"},
+			env:  map[string]string{"BUILDLOG_REGION": "cn-east-3"},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "http://127.0.0.1:1", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second},
+		},
+		{
+			name: "--region beats BUILDLOG_UPSTREAM",
+			args: []string{"--region", "cn-east-3"},
+			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-east-3.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second},
+		},
+		{
+			name: "--demo beats BUILDLOG_UPSTREAM",
+			args: []string{"--demo"},
+			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, demo: true},
+		},
+		{name: "upstream and region both in the environment", env: map[string]string{"BUILDLOG_UPSTREAM": "http://x", "BUILDLOG_REGION": "cn-north-4"}, wantErr: "not both"},
+		{
 			name: "demo",
 			env:  map[string]string{"BUILDLOG_DEMO": "true"},
 			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, demo: true},
