@@ -196,22 +196,29 @@ func (s *Server) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 
-	// REST downloads ride on the in-process gRPC connection: let them
-	// finish before the gRPC server stops.
-	if err := s.httpServer.Shutdown(ctx); err != nil {
-		s.httpServer.Close()
-	}
-	stopped := make(chan struct{})
-	go func() {
-		s.grpcServer.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-ctx.Done():
-		s.grpcServer.Stop() // cancels the calls still running
-		<-stopped
-	}
+	// Both servers stop accepting at once and drain under one deadline. REST
+	// downloads in flight ride on existing in-process gRPC streams, which
+	// GracefulStop lets finish.
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.httpServer.Shutdown(ctx); err != nil {
+			s.httpServer.Close()
+		}
+	})
+	wg.Go(func() {
+		stopped := make(chan struct{})
+		go func() {
+			s.grpcServer.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.grpcServer.Stop() // cancels the calls still running
+			<-stopped
+		}
+	})
+	wg.Wait()
 	s.gatewayCC.Close()
 	s.upstream.CloseIdleConnections()
 	s.cfg.Logger.Info("stopped")

@@ -347,8 +347,10 @@ func TestShutdownLetsDownloadsFinish(t *testing.T) {
 	s := startStack(t)
 	const size = 64 << 10
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
-	s.Upstream.Inject(upstreamtest.Fault{DripBytes: 8 << 10, DripEvery: 20 * time.Millisecond})
+	want := upstreamtest.Generate(size, "INFO", "stage1")
+	s.Upstream.Inject(upstreamtest.Fault{DripBytes: 8 << 10, DripEvery: 20 * time.Millisecond, Times: 2})
 
+	// One REST and one gRPC download, each with its first byte received.
 	req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
 	req.Header.Set("X-Auth-Token", token)
 	resp, err := s.HTTP.Do(req)
@@ -356,17 +358,39 @@ func TestShutdownLetsDownloadsFinish(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	first := make([]byte, 1)
-	if _, err := io.ReadFull(resp.Body, first); err != nil {
+	restFirst := make([]byte, 1)
+	if _, err := io.ReadFull(resp.Body, restFirst); err != nil {
 		t.Fatal(err)
 	}
-	s.Shutdown() // with the download in flight
-	rest, err := io.ReadAll(resp.Body)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err != nil {
-		t.Fatalf("in-flight download broke during shutdown: %v", err)
+		t.Fatal(err)
 	}
-	if got := append(first, rest...); !bytes.Equal(got, upstreamtest.Generate(size, "INFO", "stage1")) {
-		t.Errorf("in-flight download: %d bytes differing from the upstream's %d", len(got), size)
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s.Shutdown() // with both downloads in flight
+
+	rest, err := io.ReadAll(resp.Body)
+	if got := append(restFirst, rest...); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("REST download during shutdown: %d bytes, %v; want the whole %d-byte log", len(got), err, size)
+	}
+	got := first.GetData()
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("gRPC download broke during shutdown: %v", err)
+		}
+		got = append(got, msg.GetData()...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("gRPC download during shutdown: %d bytes, want the whole %d-byte log", len(got), size)
 	}
 }
 
