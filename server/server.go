@@ -68,6 +68,11 @@ type Config struct {
 	// ChunkSize is the largest data size of one stream message; default
 	// service.DefaultChunkSize.
 	ChunkSize int
+	// UpstreamHeaderTimeout bounds the wait for the upstream's response
+	// headers, UpstreamIdleTimeout the wait for its next body bytes; defaults
+	// upstream.DefaultHeaderTimeout and upstream.DefaultIdleTimeout.
+	UpstreamHeaderTimeout time.Duration
+	UpstreamIdleTimeout   time.Duration
 	// ShutdownTimeout is how long in-flight downloads may run on after
 	// shutdown begins before they are cancelled; default 30s.
 	ShutdownTimeout time.Duration
@@ -103,7 +108,11 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 
-	up, err := upstream.New(cfg.Upstream)
+	cfg.UpstreamHeaderTimeout = cmp.Or(cfg.UpstreamHeaderTimeout, upstream.DefaultHeaderTimeout)
+	cfg.UpstreamIdleTimeout = cmp.Or(cfg.UpstreamIdleTimeout, upstream.DefaultIdleTimeout)
+	up, err := upstream.New(cfg.Upstream,
+		upstream.WithHeaderTimeout(cfg.UpstreamHeaderTimeout),
+		upstream.WithIdleTimeout(cfg.UpstreamIdleTimeout))
 	if err != nil {
 		return nil, err
 	}

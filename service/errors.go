@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -207,6 +208,9 @@ func toStatus(ctx context.Context, err error) *status.Status {
 	}
 	if st, ok := status.FromError(err); ok {
 		return st // from grpc-go itself, such as a failed Send
+	}
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		return newStatus(codes.Unavailable, capMessage("the upstream did not answer in time: "+err.Error()), ReasonUpstreamTimeout, nil)
 	}
 	return newStatus(codes.Unavailable, capMessage("cannot reach the upstream: "+err.Error()), ReasonUpstreamUnreachable, nil)
 }

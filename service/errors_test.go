@@ -128,6 +128,12 @@ func TestToStatus(t *testing.T) {
 			wantDetails: []any{info(ReasonUpstreamUnreachable, nil)},
 		},
 		{
+			name:        "no answer in time",
+			err:         fmt.Errorf("upstream request: %w", timeoutError{}),
+			wantCode:    codes.Unavailable,
+			wantDetails: []any{info(ReasonUpstreamTimeout, nil)},
+		},
+		{
 			name:        "protocol error",
 			err:         &upstream.ProtocolError{Problem: `unsupported Content-Encoding "br"`},
 			wantCode:    codes.Internal,
@@ -218,3 +224,9 @@ func TestStatusMessagesAreCapped(t *testing.T) {
 		t.Error("capped message is not valid UTF-8")
 	}
 }
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "timeout awaiting response headers" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }

@@ -58,11 +58,23 @@ type Log struct {
 	RequestID string
 }
 
+// Default timeouts of a [Client].
+const (
+	DefaultHeaderTimeout = 30 * time.Second
+	DefaultIdleTimeout   = 60 * time.Second
+)
+
+// ErrIdleTimeout is returned by a Log's Body when the upstream sent nothing
+// for the idle timeout while a read was waiting for it.
+var ErrIdleTimeout = errors.New("the upstream sent no data within the idle timeout")
+
 // Client calls the upstream API. It is safe for concurrent use.
 type Client struct {
-	base       *url.URL
-	httpClient *http.Client
-	userAgent  string
+	base          *url.URL
+	httpClient    *http.Client
+	userAgent     string
+	headerTimeout time.Duration
+	idleTimeout   time.Duration
 }
 
 // Option configures a [Client].
@@ -82,6 +94,21 @@ func WithUserAgent(ua string) Option {
 	return func(c *Client) { c.userAgent = ua }
 }
 
+// WithHeaderTimeout bounds the wait for the response headers after the
+// request is sent; the default is [DefaultHeaderTimeout]. It applies to the
+// default transport only (see [WithHTTPClient]).
+func WithHeaderTimeout(d time.Duration) Option {
+	return func(c *Client) { c.headerTimeout = d }
+}
+
+// WithIdleTimeout bounds how long a read of the log body may wait for the
+// upstream's next bytes; the default is [DefaultIdleTimeout]. Time the
+// caller spends between reads does not count, so a slow reader never trips
+// it.
+func WithIdleTimeout(d time.Duration) Option {
+	return func(c *Client) { c.idleTimeout = d }
+}
+
 // New returns a client for the API at endpoint, such as
 // "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com" (see
 // [RegionEndpoint]). Plain http:// is accepted, for loopback and mesh
@@ -99,12 +126,17 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
-	c := &Client{base: u, userAgent: "buildlog"}
+	c := &Client{base: u, userAgent: "buildlog", headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout}
 	for _, opt := range opts {
 		opt(c)
 	}
+	if c.headerTimeout <= 0 || c.idleTimeout <= 0 {
+		return nil, errors.New("upstream timeouts must be positive")
+	}
 	if c.httpClient == nil {
-		c.httpClient = &http.Client{Transport: newTransport()}
+		t := newTransport()
+		t.ResponseHeaderTimeout = c.headerTimeout
+		c.httpClient = &http.Client{Transport: t}
 	} else {
 		hc := *c.httpClient
 		c.httpClient = &hc
@@ -171,6 +203,19 @@ func (c *Client) URL(req Request) *url.URL {
 // that cannot be a log, and otherwise the transport's error (connection
 // refused, TLS failure, ctx's error).
 func (c *Client) DownloadTaskLog(ctx context.Context, req Request) (*Log, error) {
+	// The request has its own cancel, for the body's idle timeout and for
+	// Close; on error it is released here.
+	ctx, cancel := context.WithCancel(ctx)
+	log, err := c.download(ctx, req)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	log.Body = newIdleBody(log.Body, c.idleTimeout, cancel)
+	return log, nil
+}
+
+func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 	ranged := req.Offset > 0 || req.Limit > 0
 	resp, err := c.get(ctx, req, ranged)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -355,4 +356,64 @@ func ignoreFields(names ...string) cmp.Option {
 		}
 		return false
 	}, cmp.Ignore())
+}
+
+func TestTimeouts(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.NewServer()
+	defer up.Close()
+	up.AddToken(token)
+	up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 256 << 10})
+	c, err := upstream.New(up.URL, upstream.WithHeaderTimeout(200*time.Millisecond), upstream.WithIdleTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	req := upstream.Request{RecordID: recordID, TaskName: "stage1", Token: token}
+
+	t.Run("no headers in time", func(t *testing.T) {
+		up.Inject(upstreamtest.Fault{Delay: time.Hour})
+		_, err := c.DownloadTaskLog(context.Background(), req)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Errorf("DownloadTaskLog() error = %v, want a timeout", err)
+		}
+		<-up.Requests()[len(up.Requests())-1].Done
+	})
+	t.Run("upstream goes silent mid-body", func(t *testing.T) {
+		up.Inject(upstreamtest.Fault{Stall: true, StallAfter: 1000})
+		log, err := c.DownloadTaskLog(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer log.Body.Close()
+		n, err := io.Copy(io.Discard, log.Body)
+		if !errors.Is(err, upstream.ErrIdleTimeout) || n != 1000 {
+			t.Errorf("read %d bytes, error %v; want 1000 and ErrIdleTimeout", n, err)
+		}
+		<-up.Requests()[len(up.Requests())-1].Done
+	})
+	t.Run("a slow reader is not idle", func(t *testing.T) {
+		log, err := c.DownloadTaskLog(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer log.Body.Close()
+		buf := make([]byte, 64<<10)
+		var got []byte
+		for {
+			n, err := log.Body.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", len(got), err)
+			}
+			time.Sleep(300 * time.Millisecond) // longer than the idle timeout, between reads
+		}
+		if !bytes.Equal(got, upstreamtest.Generate(256<<10, "INFO", "stage1")) {
+			t.Errorf("slow reader got %d bytes differing from the log", len(got))
+		}
+	})
 }

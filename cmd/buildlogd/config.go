@@ -24,6 +24,8 @@ type config struct {
 	endpoint        string // from --upstream or --region
 	chunkSize       int
 	shutdownTimeout time.Duration
+	headerTimeout   time.Duration
+	idleTimeout     time.Duration
 	demo            bool
 }
 
@@ -45,6 +47,8 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	fs.Var(&chunk, "chunk-size", fmt.Sprintf("largest data `size` of one stream message, in bytes or with a KiB/MiB suffix, %s to %s",
 		byteSize(service.MinChunkSize), byteSize(service.MaxChunkSize)))
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight downloads may finish after SIGTERM before they are cancelled")
+	fs.DurationVar(&cfg.headerTimeout, "upstream-header-timeout", upstream.DefaultHeaderTimeout, "how long to wait for the upstream's response headers")
+	fs.DurationVar(&cfg.idleTimeout, "upstream-idle-timeout", upstream.DefaultIdleTimeout, "how long a download may wait for the upstream's next bytes before it fails")
 	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: buildlogd [flags]\n\n"+
@@ -86,8 +90,13 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	if cfg.chunkSize < service.MinChunkSize || cfg.chunkSize > service.MaxChunkSize {
 		return nil, fmt.Errorf("--chunk-size %s is out of range: use %s to %s", chunk, byteSize(service.MinChunkSize), byteSize(service.MaxChunkSize))
 	}
-	if cfg.shutdownTimeout <= 0 {
-		return nil, fmt.Errorf("--shutdown-timeout must be positive, got %s", cfg.shutdownTimeout)
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{{"shutdown-timeout", cfg.shutdownTimeout}, {"upstream-header-timeout", cfg.headerTimeout}, {"upstream-idle-timeout", cfg.idleTimeout}} {
+		if d.value <= 0 {
+			return nil, fmt.Errorf("--%s must be positive, got %s", d.name, d.value)
+		}
 	}
 	return &cfg, nil
 }

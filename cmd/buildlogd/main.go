@@ -56,6 +56,9 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		ChunkSize:       cfg.chunkSize,
 		ShutdownTimeout: cfg.shutdownTimeout,
 		Logger:          logger,
+
+		UpstreamHeaderTimeout: cfg.headerTimeout,
+		UpstreamIdleTimeout:   cfg.idleTimeout,
 	})
 	if err != nil {
 		return err

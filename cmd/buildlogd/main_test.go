@@ -37,47 +37,47 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
 		},
 		{
 			name: "flags",
 			args: []string{"--grpc-addr", "127.0.0.1:1", "--http-addr=127.0.0.1:2", "--region", "ap-southeast-3", "--chunk-size", "128KiB", "--shutdown-timeout", "5s"},
-			want: config{grpcAddr: "127.0.0.1:1", httpAddr: "127.0.0.1:2", endpoint: "https://cloudbuild-ext.ap-southeast-3.myhuaweicloud.com", chunkSize: 128 << 10, shutdownTimeout: 5 * time.Second},
+			want: config{grpcAddr: "127.0.0.1:1", httpAddr: "127.0.0.1:2", endpoint: "https://cloudbuild-ext.ap-southeast-3.myhuaweicloud.com", chunkSize: 128 << 10, shutdownTimeout: 5 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
 		},
 		{
 			name: "environment",
 			env:  map[string]string{"BUILDLOG_GRPC_ADDR": ":1", "BUILDLOG_UPSTREAM": "http://127.0.0.1:15001", "BUILDLOG_CHUNK_SIZE": "2048"},
-			want: config{grpcAddr: ":1", httpAddr: ":8080", endpoint: "http://127.0.0.1:15001", chunkSize: 2048, shutdownTimeout: 30 * time.Second},
+			want: config{grpcAddr: ":1", httpAddr: ":8080", endpoint: "http://127.0.0.1:15001", chunkSize: 2048, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
 		},
 		{
 			name: "flag beats environment",
 			args: []string{"--grpc-addr", ":2"},
 			env:  map[string]string{"BUILDLOG_GRPC_ADDR": ":1"},
-			want: config{grpcAddr: ":2", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second},
+			want: config{grpcAddr: ":2", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
 		},
 		{
 			name: "--upstream beats BUILDLOG_REGION",
 			args: []string{"--upstream", "http://127.0.0.1:1"},
 			env:  map[string]string{"BUILDLOG_REGION": "cn-east-3"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "http://127.0.0.1:1", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "http://127.0.0.1:1", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
 		},
 		{
 			name: "--region beats BUILDLOG_UPSTREAM",
 			args: []string{"--region", "cn-east-3"},
 			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-east-3.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-east-3.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
 		},
 		{
 			name: "--demo beats BUILDLOG_UPSTREAM",
 			args: []string{"--demo"},
 			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, demo: true},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute, demo: true},
 		},
 		{name: "upstream and region both in the environment", env: map[string]string{"BUILDLOG_UPSTREAM": "http://x", "BUILDLOG_REGION": "cn-north-4"}, wantErr: "not both"},
 		{
 			name: "demo",
 			env:  map[string]string{"BUILDLOG_DEMO": "true"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, demo: true},
+			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute, demo: true},
 		},
 		{name: "bad environment value", env: map[string]string{"BUILDLOG_CHUNK_SIZE": "lots"}, wantErr: "BUILDLOG_CHUNK_SIZE"},
 		{name: "chunk too small", args: []string{"--chunk-size", "10"}, wantErr: "--chunk-size"},
@@ -88,6 +88,7 @@ func TestParseConfig(t *testing.T) {
 		{name: "stray argument", args: []string{"serve"}, wantErr: "unexpected argument"},
 		{name: "unknown flag", args: []string{"--port", "1"}, wantErr: "not defined"},
 		{name: "zero shutdown timeout", args: []string{"--shutdown-timeout", "0s"}, wantErr: "--shutdown-timeout"},
+		{name: "negative idle timeout", env: map[string]string{"BUILDLOG_UPSTREAM_IDLE_TIMEOUT": "-1s"}, wantErr: "--upstream-idle-timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
