@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -144,7 +145,7 @@ func download(ctx context.Context, args []string, env environment) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return withResumeHint(err, f)
 	}
 	if bar != nil {
 		_ = bar.Finish()
@@ -270,18 +271,57 @@ func describe(err error) string {
 			if id := md[service.MetadataRequestID]; id != "" {
 				notes = append(notes, "request id "+id)
 			}
-			if off := md[service.MetadataResumeOffset]; off != "" {
-				notes = append(notes, "resume with --offset "+off)
-			}
 		case *errdetails.RetryInfo:
 			notes = append(notes, "retry after "+d.GetRetryDelay().AsDuration().String())
 		}
 	}
 	line := fmt.Sprintf("%s: %s", codeName(st.Code().String()), st.Message())
+	var hint *hintError
+	if errors.As(err, &hint) {
+		notes = append(notes, hint.hint)
+	}
 	if len(notes) > 0 {
 		line += " (" + strings.Join(notes, ", ") + ")"
 	}
 	return line
+}
+
+// hintError adds advice for the user to an error.
+type hintError struct {
+	err  error
+	hint string
+}
+
+func (e *hintError) Error() string { return e.err.Error() + " (" + e.hint + ")" }
+func (e *hintError) Unwrap() error { return e.err }
+
+// GRPCStatus lets status.FromError see through the hint.
+func (e *hintError) GRPCStatus() *status.Status { return status.Convert(e.err) }
+
+// withResumeHint tells how to fetch the rest of the log after a download
+// that broke off, when the server said where: the same command with the
+// offset (and limit) of the missing part. Only output on stdout can be
+// continued by appending; a failed -o download leaves no file to continue.
+func withResumeHint(err error, f *downloadFlags) error {
+	if f.output != "" {
+		return err
+	}
+	var resume int64 = -1
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			if v, perr := strconv.ParseInt(info.GetMetadata()[service.MetadataResumeOffset], 10, 64); perr == nil {
+				resume = v
+			}
+		}
+	}
+	if resume < f.offset {
+		return err
+	}
+	hint := fmt.Sprintf("%d bytes written; append the rest with --offset %d", resume-f.offset, resume)
+	if f.limit > 0 {
+		hint += fmt.Sprintf(" --limit %d", f.limit-(resume-f.offset))
+	}
+	return &hintError{err: err, hint: hint}
 }
 
 // codeName spells a gRPC code as in the protocol, such as NOT_FOUND.

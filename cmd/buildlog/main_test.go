@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -90,11 +92,31 @@ func TestDownloadFailures(t *testing.T) {
 		if code != 1 {
 			t.Errorf("exit %d, want 1", code)
 		}
-		if !strings.HasPrefix(errOut, "buildlog: UNAVAILABLE: ") || !strings.Contains(errOut, "resume with --offset ") || strings.Count(errOut, "\n") != 1 {
-			t.Errorf("stderr %q, want one line naming UNAVAILABLE and where to resume", errOut)
+		if !strings.HasPrefix(errOut, "buildlog: UNAVAILABLE: ") || strings.Contains(errOut, "--offset") || strings.Count(errOut, "\n") != 1 {
+			t.Errorf("stderr %q, want one line naming UNAVAILABLE, and no resume advice (no partial file is kept)", errOut)
 		}
 		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 			t.Errorf("the directory holds %v after a failed download, want nothing", entries)
+		}
+	})
+	t.Run("mid-stream failure on stdout says how to append the rest", func(t *testing.T) {
+		s.Upstream.Inject(upstreamtest.Fault{Cut: true, CutAfter: 50_000})
+		code, out, errOut := runCLI(t, nil, false, append(base, "--task-name", "stage1", "--offset", "1000", "--limit", "200000")...)
+		m := regexp.MustCompile(`(\d+) bytes written; append the rest with --offset (\d+) --limit (\d+)\)`).FindStringSubmatch(errOut)
+		if code != 1 || m == nil {
+			t.Fatalf("exit %d, stderr %q; want 1 and advice to append the rest", code, errOut)
+		}
+		written, _ := strconv.Atoi(m[1])
+		offset, _ := strconv.Atoi(m[2])
+		limit, _ := strconv.Atoi(m[3])
+		if written != len(out) || offset != 1000+len(out) || limit != 200000-len(out) {
+			t.Fatalf("advice %q after %d bytes on stdout", m[0], len(out))
+		}
+		// Following the advice completes the requested range.
+		code, rest, errOut := runCLI(t, nil, false, append(base, "--task-name", "stage1", "--offset", m[2], "--limit", m[3])...)
+		want := upstreamtest.Generate(300_000, "INFO", "stage1")[1000:201000]
+		if code != 0 || out+rest != string(want) {
+			t.Errorf("resumed: exit %d (%q); the two parts make %d bytes, want the %d requested", code, errOut, len(out+rest), len(want))
 		}
 	})
 	t.Run("upstream error", func(t *testing.T) {
