@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -402,3 +403,80 @@ func checkHeader(t *testing.T, resp *http.Response, key, want string) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestStalledReadersHoldBoundedMemory starts downloads of a 1 GiB log whose
+// callers stop reading after the first bytes, and checks that the facade
+// pulls only a bounded amount from the upstream (backpressure reaches the
+// upstream connection) and that its heap does not grow with the log.
+func TestStalledReadersHoldBoundedMemory(t *testing.T) {
+	s := startStack(t)
+	const (
+		size    = 1 << 30
+		readers = 8
+		// Per stalled download: flow-control windows, a few chunks, and the
+		// loopback sockets' buffers (kernel memory, but counted here as sent).
+		maxPulledPerReader = 16 << 20
+		maxHeapPerReader   = 2 << 20
+	)
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
+
+	heapBefore := heapInUse()
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token))
+	defer cancel()
+	for i := range readers {
+		if i%2 == 0 {
+			stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.RESTURL+logPath("stage1"), nil)
+		req.Header.Set("X-Auth-Token", token)
+		resp, err := s.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.ReadFull(resp.Body, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Wait until the pipelines are full: nothing more is pulled for a while.
+	pulled := waitSettled(s.Upstream.BytesSent, readers*maxPulledPerReader)
+	if pulled > readers*maxPulledPerReader {
+		t.Errorf("the facade pulled %d MiB of the upstream for %d stalled readers, want at most %d MiB each",
+			pulled>>20, readers, maxPulledPerReader>>20)
+	}
+	if grown := heapInUse() - heapBefore; grown > readers*maxHeapPerReader {
+		t.Errorf("heap grew by %d MiB for %d stalled readers, want at most %d MiB each", grown>>20, readers, maxHeapPerReader>>20)
+	}
+	t.Logf("%d stalled readers: %.1f MiB pulled from the upstream, heap grew %.1f MiB",
+		readers, float64(pulled)/(1<<20), float64(heapInUse()-heapBefore)/(1<<20))
+}
+
+// waitSettled polls f until its value has not changed for half a second, or
+// exceeds limit, and returns the value.
+func waitSettled(f func() int64, limit int64) int64 {
+	last, still := f(), 0
+	for still < 10 && last <= limit {
+		time.Sleep(50 * time.Millisecond)
+		if v := f(); v != last {
+			last, still = v, 0
+		} else {
+			still++
+		}
+	}
+	return last
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse)
+}

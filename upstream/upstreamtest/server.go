@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -136,6 +137,8 @@ type Server struct {
 	faults   []*Fault
 	requests []Request
 	count    int
+
+	sent atomic.Int64 // body bytes written, all requests
 }
 
 // NewServer starts a server on a free loopback port. It panics if it cannot
@@ -212,6 +215,10 @@ func (s *Server) RequestCount() int {
 	return s.count
 }
 
+// BytesSent returns how many log bytes the server has written, over all
+// requests: what clients pulled, buffers included.
+func (s *Server) BytesSent() int64 { return s.sent.Load() }
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	requestID := newRequestID()
@@ -243,7 +250,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, NotFoundCode, "The build record or its action does not exist", requestID)
 			return
 		}
-		serveLog(w, r, log, recordID, fault)
+		serveLog(&countingWriter{ResponseWriter: w, n: &s.sent}, r, log, recordID, fault)
 	}
 }
 
@@ -481,6 +488,20 @@ func writeError(w http.ResponseWriter, status int, code, msg, requestID string) 
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func newRequestID() string {
 	var b [16]byte
