@@ -394,7 +394,16 @@ func TestTimeouts(t *testing.T) {
 		<-up.Requests()[len(up.Requests())-1].Done
 	})
 	t.Run("a slow reader is not idle", func(t *testing.T) {
-		log, err := c.DownloadTaskLog(context.Background(), req)
+		// A longer timeout than above: here it must not fire, even on a
+		// loaded machine.
+		const idle = time.Second
+		slow, err := upstream.New(up.URL, upstream.WithIdleTimeout(idle))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slow.CloseIdleConnections()
+		up.AddLog(recordID, "small", upstreamtest.Log{Size: 100 << 10})
+		log, err := slow.DownloadTaskLog(context.Background(), upstream.Request{RecordID: recordID, TaskName: "small", Token: token})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -410,9 +419,9 @@ func TestTimeouts(t *testing.T) {
 			if err != nil {
 				t.Fatalf("after %d bytes: %v", len(got), err)
 			}
-			time.Sleep(300 * time.Millisecond) // longer than the idle timeout, between reads
+			time.Sleep(idle + 200*time.Millisecond) // between reads, longer than the idle timeout
 		}
-		if !bytes.Equal(got, upstreamtest.Generate(256<<10, "INFO", "stage1")) {
+		if !bytes.Equal(got, upstreamtest.Generate(100<<10, "INFO", "small")) {
 			t.Errorf("slow reader got %d bytes differing from the log", len(got))
 		}
 	})
