@@ -97,14 +97,10 @@ func setLogHeaders(ctx context.Context, w http.ResponseWriter, resp proto.Messag
 	return nil
 }
 
-// normalizeQuery rewrites log_level values given in the upstream's spelling
-// ("INFO", "debug", any case) to the enum names grpc-gateway parses. A query
-// that does not parse is left for grpc-gateway to refuse.
-func normalizeQuery(r *http.Request) {
-	values, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return
-	}
+// normalizeLogLevels rewrites log_level values given in the upstream's
+// spelling ("INFO", "debug", any case) to the enum names grpc-gateway
+// parses, and reports whether it changed any.
+func normalizeLogLevels(values url.Values) bool {
 	changed := false
 	for _, key := range []string{"log_level", "logLevel"} {
 		for i, v := range values[key] {
@@ -114,9 +110,7 @@ func normalizeQuery(r *http.Request) {
 			}
 		}
 	}
-	if changed {
-		r.URL.RawQuery = values.Encode()
-	}
+	return changed
 }
 
 func normalizeLogLevel(v string) string {

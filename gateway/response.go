@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"strconv"
 )
 
@@ -20,18 +21,23 @@ type responseState struct {
 
 type responseStateKey struct{}
 
-// prepare wraps next so each request's query is normalised and its context
-// carries its responseState, and aborts the connection when a stream fails
-// mid-body.
+// prepare wraps next so each request's context carries its responseState
+// and its log_level is normalised, and aborts the connection when a stream
+// fails mid-body. A query that does not parse is left for grpc-gateway to
+// refuse.
 func prepare(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r = r.Clone(r.Context())
-		normalizeQuery(r)
 		rs := &responseState{ResponseWriter: w}
-		if v := r.URL.Query()["limit"]; len(v) == 1 {
-			rs.limit, _ = strconv.ParseInt(v[0], 10, 64)
+		r = r.Clone(context.WithValue(r.Context(), responseStateKey{}, rs))
+		if values, err := url.ParseQuery(r.URL.RawQuery); err == nil {
+			if normalizeLogLevels(values) {
+				r.URL.RawQuery = values.Encode()
+			}
+			if v := values["limit"]; len(v) == 1 {
+				rs.limit, _ = strconv.ParseInt(v[0], 10, 64)
+			}
 		}
-		next.ServeHTTP(rs, r.WithContext(context.WithValue(r.Context(), responseStateKey{}, rs)))
+		next.ServeHTTP(rs, r)
 		if rs.aborted {
 			// net/http closes the connection without ending the body: no final
 			// chunk, or fewer bytes than Content-Length. HTTP/2 resets the
