@@ -83,9 +83,6 @@ func New(source LogSource, opts ...Option) (*Server, error) {
 	return s, nil
 }
 
-// ChunkSize returns the largest data size of one stream message.
-func (s *Server) ChunkSize() int { return s.chunkSize }
-
 // DownloadTaskLog implements buildlogv1.BuildLogServiceServer.
 func (s *Server) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
 	ctx := stream.Context()

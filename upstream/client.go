@@ -58,6 +58,9 @@ type Log struct {
 	RequestID string
 }
 
+// userAgent identifies buildlog in upstream requests.
+const userAgent = "buildlog"
+
 // Default timeouts of a [Client].
 const (
 	DefaultHeaderTimeout = 30 * time.Second
@@ -72,7 +75,6 @@ var ErrIdleTimeout = errors.New("the upstream sent no data within the idle timeo
 type Client struct {
 	base          *url.URL
 	httpClient    *http.Client
-	userAgent     string
 	headerTimeout time.Duration
 	idleTimeout   time.Duration
 }
@@ -80,23 +82,8 @@ type Client struct {
 // Option configures a [Client].
 type Option func(*Client)
 
-// WithHTTPClient makes the client send requests through hc instead of the
-// default, a dedicated [http.Client] tuned for streaming large bodies. The
-// client's CheckRedirect is replaced so the token never follows a redirect to
-// another host.
-func WithHTTPClient(hc *http.Client) Option {
-	return func(c *Client) { c.httpClient = hc }
-}
-
-// WithUserAgent sets the User-Agent header of upstream requests; the default
-// is "buildlog".
-func WithUserAgent(ua string) Option {
-	return func(c *Client) { c.userAgent = ua }
-}
-
 // WithHeaderTimeout bounds the wait for the response headers after the
-// request is sent; the default is [DefaultHeaderTimeout]. It applies to the
-// default transport only (see [WithHTTPClient]).
+// request is sent; the default is [DefaultHeaderTimeout].
 func WithHeaderTimeout(d time.Duration) Option {
 	return func(c *Client) { c.headerTimeout = d }
 }
@@ -126,22 +113,16 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
-	c := &Client{base: u, userAgent: "buildlog", headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout}
+	c := &Client{base: u, headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout}
 	for _, opt := range opts {
 		opt(c)
 	}
 	if c.headerTimeout <= 0 || c.idleTimeout <= 0 {
 		return nil, errors.New("upstream timeouts must be positive")
 	}
-	if c.httpClient == nil {
-		t := newTransport()
-		t.ResponseHeaderTimeout = c.headerTimeout
-		c.httpClient = &http.Client{Transport: t}
-	} else {
-		hc := *c.httpClient
-		c.httpClient = &hc
-	}
-	c.httpClient.CheckRedirect = checkRedirect
+	t := newTransport()
+	t.ResponseHeaderTimeout = c.headerTimeout
+	c.httpClient = &http.Client{Transport: t, CheckRedirect: checkRedirect}
 	return c, nil
 }
 
@@ -225,7 +206,7 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 		if size, ok := unsatisfiedRangeSize(resp.Header.Get("Content-Range")); ok {
 			resp.Body.Close()
 			// The range starts at or past the end: the service tells which.
-			return &Log{Body: http.NoBody, Start: req.Offset, Size: size, RequestID: c.requestID(resp, req)}, nil
+			return &Log{Body: http.NoBody, Start: req.Offset, Size: size, RequestID: requestID(resp, req)}, nil
 		}
 		// Without the log's size an offset at the end cannot be told from
 		// one past it: ask for the whole log instead.
@@ -254,7 +235,7 @@ func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Respo
 	}
 	hreq.Header.Set("X-Auth-Token", req.Token)
 	hreq.Header.Set("Accept", "application/octet-stream, application/json;q=0.9, */*;q=0.1")
-	hreq.Header.Set("User-Agent", c.userAgent)
+	hreq.Header.Set("User-Agent", userAgent)
 	if ranged {
 		hreq.Header.Set("Range", rangeHeader(req.Offset, req.Limit))
 	}
@@ -271,7 +252,7 @@ func (c *Client) newLog(resp *http.Response, req Request) (*Log, error) {
 		Body:        resp.Body,
 		ContentType: resp.Header.Get("Content-Type"),
 		Size:        resp.ContentLength,
-		RequestID:   c.requestID(resp, req),
+		RequestID:   requestID(resp, req),
 	}
 	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
 		log.FileName = params["filename"]
@@ -305,7 +286,8 @@ func (c *Client) newLog(resp *http.Response, req Request) (*Log, error) {
 	return log, nil
 }
 
-func (c *Client) requestID(resp *http.Response, req Request) string {
+// requestID returns the response's sanitised X-Request-Id.
+func requestID(resp *http.Response, req Request) string {
 	return sanitize(resp.Header.Get("X-Request-Id"), req.Token, maxRequestIDBytes)
 }
 

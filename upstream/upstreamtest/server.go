@@ -108,11 +108,9 @@ func Throttled(retryAfter time.Duration) Fault {
 
 // Request is what the server recorded of one request it received.
 type Request struct {
-	Method     string
-	RequestURI string
-	Path       string // decoded
-	Query      map[string][]string
-	Header     http.Header
+	Path   string // decoded
+	Query  map[string][]string
+	Header http.Header
 	// Done is closed when the server has finished answering the request,
 	// whether it completed or the client went away.
 	Done <-chan struct{}
@@ -264,12 +262,10 @@ func (s *Server) record(r *http.Request, recordID string, done <-chan struct{}) 
 		s.requests = s.requests[1:]
 	}
 	s.requests = append(s.requests, Request{
-		Method:     r.Method,
-		RequestURI: r.RequestURI,
-		Path:       r.URL.Path,
-		Query:      r.URL.Query(),
-		Header:     r.Header.Clone(),
-		Done:       done,
+		Path:   r.URL.Path,
+		Query:  r.URL.Query(),
+		Header: r.Header.Clone(),
+		Done:   done,
 	})
 	var fault *Fault
 	for i, f := range s.faults {
