@@ -77,6 +77,7 @@ type Client struct {
 	httpClient    *http.Client
 	headerTimeout time.Duration
 	idleTimeout   time.Duration
+	observer      Observer
 }
 
 // Option configures a [Client].
@@ -113,7 +114,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
-	c := &Client{base: u, headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout}
+	c := &Client{base: u, headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout, observer: nopObserver{}}
 	for _, opt := range opts {
 		opt(c)
 	}
@@ -215,10 +216,6 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 			return nil, err
 		}
 	}
-	if resp.StatusCode != http.StatusOK && (resp.StatusCode != http.StatusPartialContent || !ranged) {
-		defer resp.Body.Close()
-		return nil, parseError(resp, req.Token)
-	}
 	log, err := c.newLog(resp, req)
 	if err != nil {
 		resp.Body.Close()
@@ -228,6 +225,8 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 }
 
 // get sends the request, with a Range header for req's range when ranged.
+// It returns a 200 response, or a 206 or 416 one to a ranged request; any
+// other answer becomes an *Error.
 func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Response, error) {
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(req).String(), nil)
 	if err != nil {
@@ -239,11 +238,23 @@ func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Respo
 	if ranged {
 		hreq.Header.Set("Range", rangeHeader(req.Offset, req.Limit))
 	}
+	start := time.Now()
 	resp, err := c.httpClient.Do(hreq)
+	elapsed := time.Since(start)
 	if err != nil {
+		c.observer.Exchange(0, "", elapsed)
 		return nil, fmt.Errorf("upstream request: %w", unwrapURLError(err))
 	}
-	return resp, nil
+	switch {
+	case resp.StatusCode == http.StatusOK,
+		ranged && (resp.StatusCode == http.StatusPartialContent || resp.StatusCode == http.StatusRequestedRangeNotSatisfiable):
+		c.observer.Exchange(resp.StatusCode, "", elapsed)
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	uerr := parseError(resp, req.Token)
+	c.observer.Exchange(resp.StatusCode, uerr.Code, elapsed)
+	return nil, uerr
 }
 
 // newLog describes a 200 or 206 response.
