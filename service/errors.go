@@ -68,6 +68,7 @@ const (
 	ReasonUpstreamUnreachable        = "UPSTREAM_UNREACHABLE"
 	ReasonUpstreamInterrupted        = "UPSTREAM_INTERRUPTED"
 	ReasonUpstreamProtocolError      = "UPSTREAM_PROTOCOL_ERROR"
+	ReasonLogChanged                 = "LOG_CHANGED"
 )
 
 // defaultThrottleDelay is the RetryInfo delay for throttling answers that
@@ -181,8 +182,12 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		interrupted *interruptedError
 		upErr       *upstream.Error
 		protoErr    *upstream.ProtocolError
+		changed     *upstream.ChangedError
 	)
 	switch {
+	case errors.As(err, &changed):
+		return newStatus(codes.Aborted, capMessage(changed.Error()+"; download it again from the start"), ReasonLogChanged,
+			map[string]string{MetadataResumeOffset: "0"})
 	case errors.As(err, &invalid):
 		st := newStatus(codes.InvalidArgument, invalid.Error(), ReasonInvalidRequest, nil)
 		return withDetails(st, &errdetails.BadRequest{FieldViolations: invalid.violations})
@@ -191,10 +196,6 @@ func toStatus(ctx context.Context, err error) *status.Status {
 	case errors.As(err, &offsetErr):
 		return newStatus(codes.OutOfRange, offsetErr.Error(), ReasonOffsetOutOfRange,
 			map[string]string{MetadataLogSize: strconv.FormatInt(offsetErr.size, 10)})
-	case errors.As(err, &upErr):
-		return upstreamStatus(upErr)
-	case errors.As(err, &protoErr):
-		return newStatus(codes.Internal, capMessage(protoErr.Error()), ReasonUpstreamProtocolError, nil)
 	case errors.As(err, &interrupted):
 		msg := fmt.Sprintf("the upstream log broke off at offset %d (%v); request the rest with offset=%d",
 			interrupted.resumeOffset, interrupted.err, interrupted.resumeOffset)
@@ -205,6 +206,10 @@ func toStatus(ctx context.Context, err error) *status.Status {
 			extra = append(extra, &errdetails.RequestInfo{RequestId: id})
 		}
 		return withDetails(newStatus(codes.Unavailable, capMessage(msg), ReasonUpstreamInterrupted, md), extra...)
+	case errors.As(err, &upErr):
+		return upstreamStatus(upErr)
+	case errors.As(err, &protoErr):
+		return newStatus(codes.Internal, capMessage(protoErr.Error()), ReasonUpstreamProtocolError, nil)
 	}
 	if st, ok := status.FromError(err); ok {
 		return st // from grpc-go itself, such as a failed Send

@@ -329,6 +329,7 @@ func TestDownloadUpstreamErrors(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
 			e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 10})
+			tt.fault.Times = -1 // retries meet it too
 			e.up.Inject(tt.fault)
 			msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 			st := status.Convert(err)
@@ -353,7 +354,8 @@ func TestDownloadFailureAfterFirstByte(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, service.WithChunkSize(chunk))
 			e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20, OmitLength: omitLength})
-			e.up.Inject(upstreamtest.Fault{Cut: true, CutAfter: 100_000})
+			// Every answer breaks: resumption gives up after its limit.
+			e.up.Inject(upstreamtest.Fault{Cut: true, CutAfter: 100_000, Times: -1})
 			msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1", Offset: 10})
 			st := status.Convert(err)
 			if st.Code() != codes.Unavailable || reasonOf(st) != service.ReasonUpstreamInterrupted {
@@ -371,6 +373,47 @@ func TestDownloadFailureAfterFirstByte(t *testing.T) {
 				t.Errorf("resumeOffset = %d, want %d (the offset after the last byte delivered)", resume, 10+len(got))
 			}
 		})
+	}
+}
+
+func TestDownloadResumesTransparently(t *testing.T) {
+	t.Parallel()
+	const chunk = 4 << 10
+	e := newEnv(t, service.WithChunkSize(chunk))
+	e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
+	e.up.Inject(upstreamtest.Fault{Cut: true, CutAfter: 100_000})
+	e.up.Inject(upstreamtest.Fault{Cut: true, CutAfter: 300_001})
+	msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1", Offset: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := checkStream(t, msgs, 10, chunk)
+	if !bytes.Equal(got, upstreamtest.Generate(1<<20, "INFO", "stage1")[10:]) {
+		t.Errorf("got %d bytes, want the log from offset 10, identical", len(got))
+	}
+	if n := e.up.RequestCount(); n != 3 {
+		t.Errorf("upstream saw %d requests, want 3: one and two resumptions", n)
+	}
+}
+
+func TestDownloadAbortsWhenTheLogChanges(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
+	e.up.Inject(upstreamtest.Fault{Cut: true, CutAfter: 200_000, After: func() {
+		e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 2 << 20})
+	}})
+	msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	st := status.Convert(err)
+	if st.Code() != codes.Aborted || reasonOf(st) != service.ReasonLogChanged {
+		t.Fatalf("got %v %s (%v), want ABORTED %s", st.Code(), reasonOf(st), err, service.ReasonLogChanged)
+	}
+	got := checkStream(t, msgs, 0, service.DefaultChunkSize)
+	if !bytes.Equal(got, upstreamtest.Generate(1<<20, "INFO", "stage1")[:len(got)]) || len(got) > 200_000 {
+		t.Errorf("got %d bytes before the error, want a prefix of the first version only", len(got))
+	}
+	if !strings.Contains(st.Message(), "from the start") {
+		t.Errorf("message %q does not tell the caller to start over", st.Message())
 	}
 }
 

@@ -7,6 +7,7 @@
 package upstream
 
 import (
+	"cmp"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -56,6 +57,10 @@ type Log struct {
 	Size int64
 	// RequestID is the X-Request-Id header; empty when absent.
 	RequestID string
+
+	// version is the answer's ETag, or else its Last-Modified: what tells
+	// one version of the log from another when resuming.
+	version string
 }
 
 // userAgent identifies buildlog in upstream requests.
@@ -78,6 +83,7 @@ type Client struct {
 	headerTimeout time.Duration
 	idleTimeout   time.Duration
 	observer      Observer
+	retry         RetryPolicy
 }
 
 // Option configures a [Client].
@@ -114,12 +120,15 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
-	c := &Client{base: u, headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout, observer: nopObserver{}}
+	c := &Client{base: u, headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout, observer: nopObserver{}, retry: DefaultRetryPolicy}
 	for _, opt := range opts {
 		opt(c)
 	}
 	if c.headerTimeout <= 0 || c.idleTimeout <= 0 {
 		return nil, errors.New("upstream timeouts must be positive")
+	}
+	if err := c.retry.validate(); err != nil {
+		return nil, err
 	}
 	t := newTransport()
 	t.ResponseHeaderTimeout = c.headerTimeout
@@ -181,10 +190,27 @@ func (c *Client) URL(req Request) *url.URL {
 // closes the returned Log's Body; ctx governs the whole exchange, body
 // included, so cancelling it aborts a download at once.
 //
+// Transient failures are retried and a broken body is resumed, following
+// the client's [RetryPolicy], always within ctx's deadline.
+//
 // Errors: an *[Error] for a non-200 answer, a *[ProtocolError] for an answer
 // that cannot be a log, and otherwise the transport's error (connection
-// refused, TLS failure, ctx's error).
+// refused, TLS failure, ctx's error). Body reads fail with a *[ChangedError]
+// when the log changed between a break and its resumption.
 func (c *Client) DownloadTaskLog(ctx context.Context, req Request) (*Log, error) {
+	log, err := c.openWithRetry(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if c.retry.Attempts > 1 && c.retry.MaxResumes > 0 {
+		log.Body = newResumingBody(ctx, c, req, log)
+	}
+	return log, nil
+}
+
+// open sends req once and returns the answer, its body governed by the idle
+// timeout.
+func (c *Client) open(ctx context.Context, req Request) (*Log, error) {
 	// The request has its own cancel, for the body's idle timeout and for
 	// Close; on error it is released here.
 	ctx, cancel := context.WithCancel(ctx)
@@ -264,6 +290,7 @@ func (c *Client) newLog(resp *http.Response, req Request) (*Log, error) {
 		ContentType: resp.Header.Get("Content-Type"),
 		Size:        resp.ContentLength,
 		RequestID:   requestID(resp, req),
+		version:     cmp.Or(resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")),
 	}
 	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
 		log.FileName = params["filename"]

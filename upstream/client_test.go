@@ -31,11 +31,11 @@ const (
 
 // newUpstream returns a simulated upstream and a client for it, both closed
 // when the test ends.
-func newUpstream(t *testing.T) (*upstreamtest.Server, *upstream.Client) {
+func newUpstream(t *testing.T, opts ...upstream.Option) (*upstreamtest.Server, *upstream.Client) {
 	t.Helper()
 	up := upstreamtest.NewServer()
 	up.AddToken(token)
-	c, err := upstream.New(up.URL)
+	c, err := upstream.New(up.URL, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,9 +151,12 @@ func TestDownloadTaskLog(t *testing.T) {
 	})
 }
 
+// noRetry turns retries and resumption off, to see single answers.
+var noRetry = upstream.WithRetry(upstream.RetryPolicy{Attempts: 1})
+
 func TestDownloadTaskLogErrors(t *testing.T) {
 	t.Parallel()
-	up, c := newUpstream(t)
+	up, c := newUpstream(t, noRetry)
 	up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100})
 	tests := []struct {
 		name  string
@@ -198,7 +201,7 @@ func TestDownloadTaskLogErrors(t *testing.T) {
 
 func TestDownloadTaskLogTransportFaults(t *testing.T) {
 	t.Parallel()
-	up, c := newUpstream(t)
+	up, c := newUpstream(t, noRetry)
 	up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 256 << 10})
 	up.AddLog(recordID, "chunked", upstreamtest.Log{Size: 256 << 10, OmitLength: true})
 	req := upstream.Request{RecordID: recordID, TaskName: "stage1", Token: token}
@@ -364,7 +367,7 @@ func TestTimeouts(t *testing.T) {
 	defer up.Close()
 	up.AddToken(token)
 	up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 256 << 10})
-	c, err := upstream.New(up.URL, upstream.WithHeaderTimeout(200*time.Millisecond), upstream.WithIdleTimeout(200*time.Millisecond))
+	c, err := upstream.New(up.URL, upstream.WithHeaderTimeout(200*time.Millisecond), upstream.WithIdleTimeout(200*time.Millisecond), noRetry)
 	if err != nil {
 		t.Fatal(err)
 	}

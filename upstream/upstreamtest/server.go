@@ -87,6 +87,10 @@ type Fault struct {
 	// pause of DripEvery between writes.
 	DripBytes int
 	DripEvery time.Duration
+	// After, when not nil, is called once the faulty answer is over, before
+	// the client can see its end: to change the server between a break and
+	// the client's next request.
+	After func()
 }
 
 // ErrorFault returns a fault answering with status and the upstream's JSON
@@ -226,6 +230,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	done := make(chan struct{})
 	defer close(done)
 	fault, tokenOK, log, found := s.record(r, recordID, done)
+	if fault != nil && fault.After != nil {
+		defer fault.After()
+	}
 	if fault != nil {
 		if !applyFault(w, r, fault) {
 			return
