@@ -36,7 +36,15 @@ const (
 	DefaultGRPCAddr        = ":9090"
 	DefaultHTTPAddr        = ":8080"
 	DefaultShutdownTimeout = 30 * time.Second
+	DefaultMaxDownloads    = 512
 )
+
+// streamsBeyondDownloads is how many HTTP/2 streams a connection may open
+// beyond MaxDownloads, for health checks and reflection. The per-connection
+// limit cannot be lower than MaxDownloads: every REST download shares the
+// mirror's one in-process connection, and a stream over the limit would
+// wait in a queue instead of being refused.
+const streamsBeyondDownloads = 32
 
 // inprocBufferSize is the buffer of the in-memory connection from the REST
 // mirror to the gRPC server.
@@ -73,6 +81,17 @@ type Config struct {
 	// upstream.DefaultHeaderTimeout and upstream.DefaultIdleTimeout.
 	UpstreamHeaderTimeout time.Duration
 	UpstreamIdleTimeout   time.Duration
+	// UpstreamConnectTimeout bounds opening a connection to the upstream;
+	// default upstream.DefaultConnectTimeout.
+	UpstreamConnectTimeout time.Duration
+	// UpstreamRetry is how transient upstream failures are retried and
+	// broken logs resumed; zero fields take upstream.DefaultRetryPolicy's.
+	UpstreamRetry upstream.RetryPolicy
+	// MaxDownloads caps the downloads in flight, gRPC and REST together;
+	// beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429).
+	// Default 512. It also sizes the upstream connection pool and the HTTP/2
+	// stream limit per connection.
+	MaxDownloads int
 	// ShutdownTimeout is how long in-flight downloads may run on after
 	// shutdown begins before they are cancelled; default 30s.
 	ShutdownTimeout time.Duration
@@ -110,19 +129,28 @@ func New(cfg Config) (*Server, error) {
 
 	cfg.UpstreamHeaderTimeout = cmp.Or(cfg.UpstreamHeaderTimeout, upstream.DefaultHeaderTimeout)
 	cfg.UpstreamIdleTimeout = cmp.Or(cfg.UpstreamIdleTimeout, upstream.DefaultIdleTimeout)
+	cfg.UpstreamConnectTimeout = cmp.Or(cfg.UpstreamConnectTimeout, upstream.DefaultConnectTimeout)
+	cfg.MaxDownloads = cmp.Or(cfg.MaxDownloads, DefaultMaxDownloads)
+	if cfg.MaxDownloads < 1 || cfg.MaxDownloads > 1<<20 {
+		return nil, fmt.Errorf("max downloads %d is out of range [1, %d]", cfg.MaxDownloads, 1<<20)
+	}
 	up, err := upstream.New(cfg.Upstream,
+		upstream.WithConnectTimeout(cfg.UpstreamConnectTimeout),
 		upstream.WithHeaderTimeout(cfg.UpstreamHeaderTimeout),
-		upstream.WithIdleTimeout(cfg.UpstreamIdleTimeout))
+		upstream.WithIdleTimeout(cfg.UpstreamIdleTimeout),
+		upstream.WithRetry(cfg.UpstreamRetry),
+		upstream.WithMaxConns(cfg.MaxDownloads))
 	if err != nil {
 		return nil, err
 	}
-	svc, err := service.New(up, service.WithChunkSize(cfg.ChunkSize))
+	svc, err := service.New(up, service.WithChunkSize(cfg.ChunkSize), service.WithMaxDownloads(cfg.MaxDownloads))
 	if err != nil {
 		return nil, err
 	}
 
 	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize), upstream: up}
-	s.grpcServer = grpc.NewServer()
+	maxStreams := uint32(cfg.MaxDownloads + streamsBeyondDownloads)
+	s.grpcServer = grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams))
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
@@ -145,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 	s.httpServer = &http.Server{
 		Handler:           mirror,
 		ReadHeaderTimeout: 10 * time.Second,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(maxStreams)},
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}

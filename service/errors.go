@@ -69,6 +69,7 @@ const (
 	ReasonUpstreamInterrupted        = "UPSTREAM_INTERRUPTED"
 	ReasonUpstreamProtocolError      = "UPSTREAM_PROTOCOL_ERROR"
 	ReasonLogChanged                 = "LOG_CHANGED"
+	ReasonOverloaded                 = "OVERLOADED"
 )
 
 // defaultThrottleDelay is the RetryInfo delay for throttling answers that
@@ -148,6 +149,18 @@ func (e *offsetError) Error() string {
 	return fmt.Sprintf("offset %d is beyond the end of the log (%d bytes)", e.offset, e.size)
 }
 
+// overloadedError is a call beyond the cap on downloads in flight.
+type overloadedError struct {
+	limit int
+}
+
+func (e *overloadedError) Error() string {
+	return fmt.Sprintf("the server is at its limit of %d downloads in flight; retry shortly, or on another instance", e.limit)
+}
+
+// overloadRetryDelay is the RetryInfo delay of an overloaded server.
+const overloadRetryDelay = time.Second
+
 // interruptedError is a failure reading the upstream body, after the
 // response headers; resumeOffset is the log offset the caller has received
 // up to, requestID the upstream's id of the response that broke.
@@ -183,8 +196,12 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		upErr       *upstream.Error
 		protoErr    *upstream.ProtocolError
 		changed     *upstream.ChangedError
+		overloaded  *overloadedError
 	)
 	switch {
+	case errors.As(err, &overloaded):
+		return withDetails(newStatus(codes.ResourceExhausted, overloaded.Error(), ReasonOverloaded, nil),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(overloadRetryDelay)})
 	case errors.As(err, &changed):
 		return newStatus(codes.Aborted, capMessage(changed.Error()+"; download it again from the start"), ReasonLogChanged,
 			map[string]string{MetadataResumeOffset: "0"})

@@ -55,7 +55,8 @@ type Server struct {
 
 	source    LogSource
 	chunkSize int
-	buffers   sync.Pool // of *[]byte with len chunkSize
+	buffers   sync.Pool     // of *[]byte with len chunkSize
+	slots     chan struct{} // one per download in flight; nil: no limit
 }
 
 // Option configures a [Server].
@@ -65,6 +66,17 @@ type Option func(*Server)
 // [MinChunkSize] and [MaxChunkSize]; the default is [DefaultChunkSize].
 func WithChunkSize(n int) Option {
 	return func(s *Server) { s.chunkSize = n }
+}
+
+// WithMaxDownloads caps the downloads in flight at n: a call beyond it fails
+// at once with RESOURCE_EXHAUSTED rather than waiting in a queue. 0 (the
+// default) sets no cap.
+func WithMaxDownloads(n int) Option {
+	return func(s *Server) {
+		if n > 0 {
+			s.slots = make(chan struct{}, n)
+		}
+	}
 }
 
 // New returns a service that fetches logs from source.
@@ -91,12 +103,27 @@ func (s *Server) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, stream 
 		err = validate(req)
 	}
 	if err == nil {
-		err = s.relay(ctx, req, token, stream)
+		err = s.withSlot(func() error { return s.relay(ctx, req, token, stream) })
 	}
 	if err != nil {
 		return toStatus(ctx, err).Err()
 	}
 	return nil
+}
+
+// withSlot runs f in one of the download slots, or fails at once when all
+// are taken.
+func (s *Server) withSlot(f func() error) error {
+	if s.slots == nil {
+		return f()
+	}
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		return &overloadedError{limit: cap(s.slots)}
+	}
+	defer func() { <-s.slots }()
+	return f()
 }
 
 // relay fetches the log and sends the requested range of it. Memory is one

@@ -509,3 +509,53 @@ func retryOf(st *status.Status) time.Duration {
 	}
 	return 0
 }
+
+func TestMaxDownloadsRefusesAtOnce(t *testing.T) {
+	t.Parallel()
+	const limit = 2
+	e := newEnv(t, service.WithMaxDownloads(limit), service.WithChunkSize(service.MinChunkSize))
+	e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
+	// The first two downloads stall after their first chunks, holding their
+	// slots until they are cancelled.
+	e.up.Inject(upstreamtest.Fault{Stall: true, StallAfter: 4096, Times: limit})
+	ctx, cancel := context.WithCancel(withToken(context.Background(), token))
+	defer cancel()
+	for range limit {
+		stream, err := e.client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatalf("a download within the limit: %v", err)
+		}
+	}
+
+	_, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted || reasonOf(st) != service.ReasonOverloaded || retryOf(st) <= 0 {
+		t.Fatalf("a download beyond the limit: %v %s (%v), want RESOURCE_EXHAUSTED %s with RetryInfo", st.Code(), reasonOf(st), err, service.ReasonOverloaded)
+	}
+	if n := e.up.RequestCount(); n != limit {
+		t.Errorf("upstream saw %d requests, want %d: a refused call never reaches it", n, limit)
+	}
+
+	// Cancelling frees the slots: wait for the server to notice, then a
+	// new download runs to its end.
+	cancel()
+	for _, r := range e.up.Requests() {
+		<-r.Done
+	}
+	for attempt := 0; ; attempt++ {
+		msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+		if err == nil {
+			if got := checkStream(t, msgs, 0, service.MinChunkSize); len(got) != 1<<20 {
+				t.Errorf("got %d bytes, want the whole log", len(got))
+			}
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || attempt == 100 {
+			t.Fatalf("after the others ended: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // the handlers are returning
+	}
+}

@@ -68,9 +68,13 @@ const userAgent = "buildlog"
 
 // Default timeouts of a [Client].
 const (
-	DefaultHeaderTimeout = 30 * time.Second
-	DefaultIdleTimeout   = 60 * time.Second
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultHeaderTimeout  = 30 * time.Second
+	DefaultIdleTimeout    = 60 * time.Second
 )
+
+// DefaultMaxConns is the default bound on connections to the upstream.
+const DefaultMaxConns = 256
 
 // ErrIdleTimeout is returned by a Log's Body when the upstream sent nothing
 // for the idle timeout while a read was waiting for it.
@@ -78,16 +82,31 @@ var ErrIdleTimeout = errors.New("the upstream sent no data within the idle timeo
 
 // Client calls the upstream API. It is safe for concurrent use.
 type Client struct {
-	base          *url.URL
-	httpClient    *http.Client
-	headerTimeout time.Duration
-	idleTimeout   time.Duration
-	observer      Observer
-	retry         RetryPolicy
+	base           *url.URL
+	httpClient     *http.Client
+	connectTimeout time.Duration
+	headerTimeout  time.Duration
+	idleTimeout    time.Duration
+	maxConns       int
+	observer       Observer
+	retry          RetryPolicy
 }
 
 // Option configures a [Client].
 type Option func(*Client)
+
+// WithConnectTimeout bounds the time to open a connection to the upstream,
+// TLS handshake included; the default is [DefaultConnectTimeout].
+func WithConnectTimeout(d time.Duration) Option {
+	return func(c *Client) { c.connectTimeout = d }
+}
+
+// WithMaxConns bounds the connections open to the upstream, and keeps as
+// many idle for reuse; the default is [DefaultMaxConns]. Size it to the
+// downloads served at once: each holds one connection while it runs.
+func WithMaxConns(n int) Option {
+	return func(c *Client) { c.maxConns = n }
+}
 
 // WithHeaderTimeout bounds the wait for the response headers after the
 // request is sent; the default is [DefaultHeaderTimeout].
@@ -120,18 +139,34 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
-	c := &Client{base: u, headerTimeout: DefaultHeaderTimeout, idleTimeout: DefaultIdleTimeout, observer: nopObserver{}, retry: DefaultRetryPolicy}
+	c := &Client{
+		base:           u,
+		connectTimeout: DefaultConnectTimeout,
+		headerTimeout:  DefaultHeaderTimeout,
+		idleTimeout:    DefaultIdleTimeout,
+		maxConns:       DefaultMaxConns,
+		observer:       nopObserver{},
+		retry:          DefaultRetryPolicy,
+	}
 	for _, opt := range opts {
 		opt(c)
 	}
-	if c.headerTimeout <= 0 || c.idleTimeout <= 0 {
+	if c.connectTimeout <= 0 || c.headerTimeout <= 0 || c.idleTimeout <= 0 {
 		return nil, errors.New("upstream timeouts must be positive")
+	}
+	if c.maxConns <= 0 {
+		return nil, errors.New("upstream connection limit must be positive")
 	}
 	if err := c.retry.validate(); err != nil {
 		return nil, err
 	}
 	t := newTransport()
+	t.DialContext = (&net.Dialer{Timeout: c.connectTimeout, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = c.connectTimeout
 	t.ResponseHeaderTimeout = c.headerTimeout
+	t.MaxConnsPerHost = c.maxConns
+	t.MaxIdleConnsPerHost = c.maxConns
+	t.MaxIdleConns = c.maxConns
 	c.httpClient = &http.Client{Transport: t, CheckRedirect: checkRedirect}
 	return c, nil
 }
@@ -141,9 +176,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 // anyway is decoded in [Client.DownloadTaskLog].
 func newTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.DisableCompression = true
-	t.MaxIdleConnsPerHost = 64
 	t.ReadBufferSize = 64 << 10
 	// Over HTTP/2, the window is what the upstream may send ahead of a slow
 	// reader into this process's memory: Go's default is 4 MiB a stream.

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/buildlog/buildlog/server/servertest"
+	"github.com/buildlog/buildlog/upstream"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -85,9 +86,12 @@ func TestDownloadFailures(t *testing.T) {
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 300_000})
 	base := []string{"download", "--addr", s.GRPCAddr, "--record-id", recordID, "--token", servertest.Token}
 
+	// The first answer and every resumption break off, so the download
+	// fails after the server's last resumption.
+	breaksEveryTime := upstreamtest.Fault{Cut: true, CutAfter: 10_000, Times: upstream.DefaultRetryPolicy.MaxResumes + 1}
 	t.Run("mid-stream failure leaves no file", func(t *testing.T) {
 		dir := t.TempDir()
-		s.Upstream.Inject(upstreamtest.Fault{Cut: true, CutAfter: 50_000})
+		s.Upstream.Inject(breaksEveryTime)
 		code, _, errOut := runCLI(t, nil, false, append(base, "--task-name", "stage1", "-o", filepath.Join(dir, "out.log"))...)
 		if code != 1 {
 			t.Errorf("exit %d, want 1", code)
@@ -100,7 +104,7 @@ func TestDownloadFailures(t *testing.T) {
 		}
 	})
 	t.Run("mid-stream failure on stdout says how to append the rest", func(t *testing.T) {
-		s.Upstream.Inject(upstreamtest.Fault{Cut: true, CutAfter: 50_000})
+		s.Upstream.Inject(breaksEveryTime)
 		code, out, errOut := runCLI(t, nil, false, append(base, "--task-name", "stage1", "--offset", "1000", "--limit", "200000")...)
 		m := regexp.MustCompile(`(\d+) bytes written; append the rest with --offset (\d+) --limit (\d+)\)`).FindStringSubmatch(errOut)
 		if code != 1 || m == nil {

@@ -26,6 +26,10 @@ type config struct {
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
 	idleTimeout     time.Duration
+	connectTimeout  time.Duration
+	attempts        int
+	maxResumes      int
+	maxDownloads    int
 	demo            bool
 }
 
@@ -49,6 +53,10 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight downloads may finish after SIGTERM before they are cancelled")
 	fs.DurationVar(&cfg.headerTimeout, "upstream-header-timeout", upstream.DefaultHeaderTimeout, "how long to wait for the upstream's response headers")
 	fs.DurationVar(&cfg.idleTimeout, "upstream-idle-timeout", upstream.DefaultIdleTimeout, "how long a download may wait for the upstream's next bytes before it fails")
+	fs.DurationVar(&cfg.connectTimeout, "upstream-connect-timeout", upstream.DefaultConnectTimeout, "how long opening a connection to the upstream may take, TLS handshake included")
+	fs.IntVar(&cfg.attempts, "upstream-attempts", upstream.DefaultRetryPolicy.Attempts, "how many times a failing upstream request is tried (502/503/504, network busy, connection errors), the first included; 1 turns retries and resumption off")
+	fs.IntVar(&cfg.maxResumes, "upstream-max-resumes", upstream.DefaultRetryPolicy.MaxResumes, "how many times one download may resume after the upstream's body broke off")
+	fs.IntVar(&cfg.maxDownloads, "max-downloads", server.DefaultMaxDownloads, "most downloads in flight, gRPC and REST together; beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429)")
 	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: buildlogd [flags]\n\n"+
@@ -93,9 +101,21 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	for _, d := range []struct {
 		name  string
 		value time.Duration
-	}{{"shutdown-timeout", cfg.shutdownTimeout}, {"upstream-header-timeout", cfg.headerTimeout}, {"upstream-idle-timeout", cfg.idleTimeout}} {
+	}{
+		{"shutdown-timeout", cfg.shutdownTimeout}, {"upstream-header-timeout", cfg.headerTimeout},
+		{"upstream-idle-timeout", cfg.idleTimeout}, {"upstream-connect-timeout", cfg.connectTimeout},
+	} {
 		if d.value <= 0 {
 			return nil, fmt.Errorf("--%s must be positive, got %s", d.name, d.value)
+		}
+	}
+	for _, n := range []struct {
+		name     string
+		value    int
+		min, max int
+	}{{"upstream-attempts", cfg.attempts, 1, 10}, {"upstream-max-resumes", cfg.maxResumes, 0, 1000}, {"max-downloads", cfg.maxDownloads, 1, 1 << 20}} {
+		if n.value < n.min || n.value > n.max {
+			return nil, fmt.Errorf("--%s %d is out of range: use %d to %d", n.name, n.value, n.min, n.max)
 		}
 	}
 	return &cfg, nil

@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/buildlog/buildlog/server"
+	"github.com/buildlog/buildlog/upstream"
 )
 
 func main() {
@@ -57,8 +58,11 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		ShutdownTimeout: cfg.shutdownTimeout,
 		Logger:          logger,
 
-		UpstreamHeaderTimeout: cfg.headerTimeout,
-		UpstreamIdleTimeout:   cfg.idleTimeout,
+		UpstreamHeaderTimeout:  cfg.headerTimeout,
+		UpstreamIdleTimeout:    cfg.idleTimeout,
+		UpstreamConnectTimeout: cfg.connectTimeout,
+		UpstreamRetry:          upstream.RetryPolicy{Attempts: cfg.attempts, MaxResumes: cfg.maxResumes},
+		MaxDownloads:           cfg.maxDownloads,
 	})
 	if err != nil {
 		return err

@@ -26,6 +26,21 @@ func env(vars map[string]string) func(string) (string, bool) {
 	}
 }
 
+// defaultConfig returns the configuration without flags or environment,
+// changed by each of edits.
+func defaultConfig(edits ...func(*config)) config {
+	c := config{
+		grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com",
+		chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second,
+		headerTimeout: 30 * time.Second, idleTimeout: time.Minute, connectTimeout: 10 * time.Second,
+		attempts: 3, maxResumes: 8, maxDownloads: 512,
+	}
+	for _, edit := range edits {
+		edit(&c)
+	}
+	return c
+}
+
 func TestParseConfig(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -37,47 +52,53 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
+			want: defaultConfig(),
 		},
 		{
 			name: "flags",
 			args: []string{"--grpc-addr", "127.0.0.1:1", "--http-addr=127.0.0.1:2", "--region", "ap-southeast-3", "--chunk-size", "128KiB", "--shutdown-timeout", "5s"},
-			want: config{grpcAddr: "127.0.0.1:1", httpAddr: "127.0.0.1:2", endpoint: "https://cloudbuild-ext.ap-southeast-3.myhuaweicloud.com", chunkSize: 128 << 10, shutdownTimeout: 5 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
+			want: defaultConfig(func(c *config) {
+				c.grpcAddr = "127.0.0.1:1"
+				c.httpAddr = "127.0.0.1:2"
+				c.endpoint = "https://cloudbuild-ext.ap-southeast-3.myhuaweicloud.com"
+				c.chunkSize = 128 << 10
+				c.shutdownTimeout = 5 * time.Second
+			}),
 		},
 		{
 			name: "environment",
 			env:  map[string]string{"BUILDLOG_GRPC_ADDR": ":1", "BUILDLOG_UPSTREAM": "http://127.0.0.1:15001", "BUILDLOG_CHUNK_SIZE": "2048"},
-			want: config{grpcAddr: ":1", httpAddr: ":8080", endpoint: "http://127.0.0.1:15001", chunkSize: 2048, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
+			want: defaultConfig(func(c *config) { c.grpcAddr = ":1"; c.endpoint = "http://127.0.0.1:15001"; c.chunkSize = 2048 }),
 		},
 		{
 			name: "flag beats environment",
 			args: []string{"--grpc-addr", ":2"},
 			env:  map[string]string{"BUILDLOG_GRPC_ADDR": ":1"},
-			want: config{grpcAddr: ":2", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
+			want: defaultConfig(func(c *config) { c.grpcAddr = ":2" }),
 		},
 		{
 			name: "--upstream beats BUILDLOG_REGION",
 			args: []string{"--upstream", "http://127.0.0.1:1"},
 			env:  map[string]string{"BUILDLOG_REGION": "cn-east-3"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "http://127.0.0.1:1", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
+			want: defaultConfig(func(c *config) { c.endpoint = "http://127.0.0.1:1" }),
 		},
 		{
 			name: "--region beats BUILDLOG_UPSTREAM",
 			args: []string{"--region", "cn-east-3"},
 			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-east-3.myhuaweicloud.com", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute},
+			want: defaultConfig(func(c *config) { c.endpoint = "https://cloudbuild-ext.cn-east-3.myhuaweicloud.com" }),
 		},
 		{
 			name: "--demo beats BUILDLOG_UPSTREAM",
 			args: []string{"--demo"},
 			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute, demo: true},
+			want: defaultConfig(func(c *config) { c.demo = true; c.endpoint = "" }),
 		},
 		{name: "upstream and region both in the environment", env: map[string]string{"BUILDLOG_UPSTREAM": "http://x", "BUILDLOG_REGION": "cn-north-4"}, wantErr: "not both"},
 		{
 			name: "demo",
 			env:  map[string]string{"BUILDLOG_DEMO": "true"},
-			want: config{grpcAddr: ":9090", httpAddr: ":8080", chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second, headerTimeout: 30 * time.Second, idleTimeout: time.Minute, demo: true},
+			want: defaultConfig(func(c *config) { c.demo = true; c.endpoint = "" }),
 		},
 		{name: "bad environment value", env: map[string]string{"BUILDLOG_CHUNK_SIZE": "lots"}, wantErr: "BUILDLOG_CHUNK_SIZE"},
 		{name: "chunk too small", args: []string{"--chunk-size", "10"}, wantErr: "--chunk-size"},
@@ -89,6 +110,13 @@ func TestParseConfig(t *testing.T) {
 		{name: "unknown flag", args: []string{"--port", "1"}, wantErr: "not defined"},
 		{name: "zero shutdown timeout", args: []string{"--shutdown-timeout", "0s"}, wantErr: "--shutdown-timeout"},
 		{name: "negative idle timeout", env: map[string]string{"BUILDLOG_UPSTREAM_IDLE_TIMEOUT": "-1s"}, wantErr: "--upstream-idle-timeout"},
+		{
+			name: "resilience settings",
+			args: []string{"--upstream-attempts", "5", "--upstream-max-resumes", "0", "--max-downloads", "64", "--upstream-connect-timeout", "2s"},
+			want: defaultConfig(func(c *config) { c.attempts, c.maxResumes, c.maxDownloads, c.connectTimeout = 5, 0, 64, 2*time.Second }),
+		},
+		{name: "zero attempts", args: []string{"--upstream-attempts", "0"}, wantErr: "--upstream-attempts"},
+		{name: "no downloads", env: map[string]string{"BUILDLOG_MAX_DOWNLOADS": "0"}, wantErr: "--max-downloads"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
