@@ -62,6 +62,17 @@ func describe(st *spb.Status, h http.Header) errorDocument {
 	return doc
 }
 
+// logSize returns the log size an error's ErrorInfo carries.
+func logSize(st *status.Status) (string, bool) {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			size, ok := info.GetMetadata()[service.MetadataLogSize]
+			return size, ok
+		}
+	}
+	return "", false
+}
+
 // handleError writes errors that happen before the stream starts, such as
 // an unparsable query or an unknown path.
 func handleError(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
@@ -114,6 +125,16 @@ func handleStreamError(ctx context.Context, err error) *status.Status {
 	h := rs.Header()
 	h.Del("Content-Length")
 	h.Del("Content-Disposition")
+	h.Del("Content-Range")
+	h.Del("Accept-Ranges")
 	describe(st.Proto(), h)
+	if rs.byteRange != nil && st.Code() == codes.OutOfRange {
+		// The Range starts past the end: 416, with the log's length when
+		// known, so clients such as curl -C - see the download is complete.
+		rs.errorStatus = http.StatusRequestedRangeNotSatisfiable
+		if size, ok := logSize(st); ok {
+			h.Set("Content-Range", "bytes */"+size)
+		}
+	}
 	return st
 }

@@ -11,6 +11,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"mime"
 	"net/http"
 	"net/textproto"
@@ -75,7 +76,8 @@ func toHTTPBody(_ context.Context, resp proto.Message) (any, error) {
 }
 
 // setLogHeaders sets the headers the first chunk's metadata provides,
-// before the first byte of the body is written.
+// before the first byte of the body is written, and decides between 200 and
+// 206 for a Range.
 func setLogHeaders(ctx context.Context, w http.ResponseWriter, resp proto.Message) error {
 	chunk, ok := resp.(*buildlogv1.DownloadTaskLogResponse)
 	if !ok || chunk.GetMetadata() == nil {
@@ -83,17 +85,47 @@ func setLogHeaders(ctx context.Context, w http.ResponseWriter, resp proto.Messag
 	}
 	md := chunk.GetMetadata()
 	h := w.Header()
-	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": md.GetFileName()}))
 	if id := md.GetRequestId(); id != "" {
 		h.Set("X-Request-Id", id)
 	}
-	if md.TotalSize != nil {
+	rs := stateFrom(ctx)
+	if rs != nil && rs.byteRange != nil {
+		if err := setRangeHeaders(rs, h, md); err != nil {
+			return err
+		}
+	} else if md.TotalSize != nil {
 		length := max(md.GetTotalSize()-chunk.GetOffset(), 0)
 		if limit := requestLimit(ctx); limit > 0 {
 			length = min(length, limit)
 		}
 		h.Set("Content-Length", strconv.FormatInt(length, 10))
+		h.Set("Accept-Ranges", "bytes")
 	}
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": md.GetFileName()}))
+	return nil
+}
+
+// setRangeHeaders prepares the 206 answer to a Range, or returns the error
+// for one the log cannot satisfy: RFC 9110 wants the range's last byte in
+// Content-Range, so the log's length must be known.
+func setRangeHeaders(rs *responseState, h http.Header, md *buildlogv1.LogMetadata) error {
+	br := rs.byteRange
+	if md.TotalSize == nil {
+		return rangeError("the upstream did not tell this log's length, so a byte range cannot be answered; "+
+			"ask for the rest with the offset query parameter instead", -1)
+	}
+	size := md.GetTotalSize()
+	if br.first >= size {
+		return rangeError(fmt.Sprintf("the range starts at byte %d; the log has %d bytes", br.first, size), size)
+	}
+	last := size - 1
+	if br.last >= 0 {
+		last = min(last, br.last)
+	}
+	h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", br.first, last, size))
+	h.Set("Content-Length", strconv.FormatInt(last-br.first+1, 10))
+	h.Set("Accept-Ranges", "bytes")
+	rs.status = http.StatusPartialContent
 	return nil
 }
 

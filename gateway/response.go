@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // responseState follows one REST response. grpc-gateway reports a stream
@@ -14,9 +17,17 @@ import (
 // swallow grpc-gateway's error document and abort the response instead.
 type responseState struct {
 	http.ResponseWriter
-	limit   int64 // the request's limit query parameter, 0 when absent
-	started bool  // the status line has been written
-	aborted bool  // the response must be cut off, not finished
+	limit int64 // the request's limit, 0 when absent
+	// byteRange is the Range header being answered, nil when there is none
+	// (or one the mirror ignores).
+	byteRange *byteRange
+	// status is the status of a successful response, written with the first
+	// body bytes: 200, or 206 for a Range. errorStatus, when not 0,
+	// replaces the status grpc-gateway writes for an error.
+	status      int
+	errorStatus int
+	started     bool // the status line has been written
+	aborted     bool // the response must be cut off, not finished
 }
 
 type responseStateKey struct{}
@@ -27,10 +38,24 @@ type responseStateKey struct{}
 // refuse.
 func prepare(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rs := &responseState{ResponseWriter: w}
+		rs := &responseState{ResponseWriter: w, status: http.StatusOK}
 		r = r.Clone(context.WithValue(r.Context(), responseStateKey{}, rs))
 		if values, err := url.ParseQuery(r.URL.RawQuery); err == nil {
-			if normalizeLogLevels(values) {
+			changed := normalizeLogLevels(values)
+			if br, ok := parseRange(r.Header.Values("Range")); ok && r.Header.Get("If-Range") == "" {
+				// An If-Range cannot match: the mirror sends no validators.
+				if values.Has("offset") || values.Has("limit") {
+					handleError(r.Context(), nil, nil, rs, r, status.Error(codes.InvalidArgument,
+						"give a byte range either as a Range header or as offset and limit query parameters, not both"))
+					return
+				}
+				values.Set("offset", strconv.FormatInt(br.first, 10))
+				if limit := br.limit(); limit > 0 {
+					values.Set("limit", strconv.FormatInt(limit, 10))
+				}
+				rs.byteRange, changed = &br, true
+			}
+			if changed {
 				r.URL.RawQuery = values.Encode()
 			}
 			if v := values["limit"]; len(v) == 1 {
@@ -60,8 +85,11 @@ func requestLimit(ctx context.Context) int64 {
 }
 
 func (rs *responseState) WriteHeader(code int) {
-	if rs.aborted {
+	if rs.aborted || rs.started {
 		return
+	}
+	if rs.errorStatus != 0 {
+		code = rs.errorStatus
 	}
 	rs.started = true
 	rs.ResponseWriter.WriteHeader(code)
@@ -71,7 +99,9 @@ func (rs *responseState) Write(p []byte) (int, error) {
 	if rs.aborted {
 		return len(p), nil
 	}
-	rs.started = true
+	if !rs.started {
+		rs.WriteHeader(rs.status)
+	}
 	return rs.ResponseWriter.Write(p)
 }
 

@@ -1,0 +1,109 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/buildlog/buildlog/upstream/upstreamtest"
+)
+
+func TestRESTRangeRequests(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	const size = 1000
+	full := upstreamtest.Generate(size, "INFO", "stage1")
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
+	s.Upstream.AddLog(recordID, "chunked", upstreamtest.Log{Size: size, OmitLength: true})
+
+	tests := []struct {
+		name, task, query, rangeHeader string
+		extra                          []string // more request headers
+		wantStatus                     int
+		wantBody                       []byte
+		wantContentRange               string
+		wantCode                       string // error_code of an error
+	}{
+		{name: "open range", rangeHeader: "bytes=100-", wantStatus: 206, wantBody: full[100:], wantContentRange: "bytes 100-999/1000"},
+		{name: "closed range", rangeHeader: "bytes=100-199", wantStatus: 206, wantBody: full[100:200], wantContentRange: "bytes 100-199/1000"},
+		{name: "last byte past the end", rangeHeader: "bytes=990-5000", wantStatus: 206, wantBody: full[990:], wantContentRange: "bytes 990-999/1000"},
+		{name: "spaces and case", rangeHeader: " Bytes = 0 - 0 ", wantStatus: 206, wantBody: full[:1], wantContentRange: "bytes 0-0/1000"},
+		{name: "huge last byte", rangeHeader: "bytes=5-9223372036854775807", wantStatus: 206, wantBody: full[5:], wantContentRange: "bytes 5-999/1000"},
+		{name: "starts at the end", rangeHeader: "bytes=1000-", wantStatus: 416, wantContentRange: "bytes */1000", wantCode: "BUILDLOG.RANGE_NOT_SATISFIABLE"},
+		{name: "starts past the end", rangeHeader: "bytes=5000-6000", wantStatus: 416, wantContentRange: "bytes */1000", wantCode: "BUILDLOG.OFFSET_OUT_OF_RANGE"},
+		{name: "unknown length", task: "chunked", rangeHeader: "bytes=10-", wantStatus: 416, wantCode: "BUILDLOG.RANGE_NOT_SATISFIABLE"},
+		{name: "with offset too", query: "offset=5", rangeHeader: "bytes=10-", wantStatus: 400, wantCode: "BUILDLOG.INVALID_ARGUMENT"},
+		// Ranges the mirror does not support are ignored: the whole log.
+		{name: "suffix range", rangeHeader: "bytes=-100", wantStatus: 200, wantBody: full},
+		{name: "several ranges", rangeHeader: "bytes=0-1,5-6", wantStatus: 200, wantBody: full},
+		{name: "inverted range", rangeHeader: "bytes=9-1", wantStatus: 200, wantBody: full},
+		{name: "other unit", rangeHeader: "lines=1-2", wantStatus: 200, wantBody: full},
+		{name: "overflow", rangeHeader: "bytes=99999999999999999999-", wantStatus: 200, wantBody: full},
+		{name: "If-Range", rangeHeader: "bytes=100-", extra: []string{"If-Range", `"v1"`}, wantStatus: 200, wantBody: full},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			task := tt.task
+			if task == "" {
+				task = "stage1"
+			}
+			path := logPath(task)
+			if tt.query != "" {
+				path = logPath(task, tt.query)
+			}
+			resp, body, err := s.Get(t, path, token, append([]string{"Range", tt.rangeHeader}, tt.extra...)...)
+			if err != nil {
+				t.Fatalf("status %d, read error %v", resp.StatusCode, err)
+			}
+			if resp.StatusCode != tt.wantStatus {
+				t.Fatalf("status %d, want %d (body %.200s)", resp.StatusCode, tt.wantStatus, body)
+			}
+			checkHeader(t, resp, "Content-Range", tt.wantContentRange)
+			if tt.wantCode != "" {
+				var doc map[string]string
+				if err := json.Unmarshal(body, &doc); err != nil || doc["error_code"] != tt.wantCode || doc["error_msg"] == "" {
+					t.Errorf("body %s, want error_code %s and a message", body, tt.wantCode)
+				}
+				return
+			}
+			if !bytes.Equal(body, tt.wantBody) || resp.ContentLength != int64(len(tt.wantBody)) {
+				t.Errorf("body %d bytes, Content-Length %d; want the %d bytes of the range", len(body), resp.ContentLength, len(tt.wantBody))
+			}
+			checkHeader(t, resp, "Accept-Ranges", "bytes")
+		})
+	}
+}
+
+// TestCurlResumes runs curl -C - against the mirror: a partial file is
+// completed, and a complete one is left alone.
+func TestCurlResumes(t *testing.T) {
+	t.Parallel()
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed")
+	}
+	s := startStack(t)
+	const size = 300_000
+	full := upstreamtest.Generate(size, "INFO", "stage1")
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
+	file := filepath.Join(t.TempDir(), "stage1.log")
+	for _, have := range []int{123_457, size} {
+		if err := os.WriteFile(file, full[:have], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(curl, "-sS", "-C", "-", "-o", file, "-H", "X-Auth-Token: "+token, s.RESTURL+logPath("stage1")).CombinedOutput()
+		got, _ := os.ReadFile(file)
+		// curl exits 0 after resuming, and also when a 416 says the file is
+		// already complete.
+		if err != nil || !bytes.Equal(got, full) {
+			t.Errorf("from %d bytes: curl %v: %s; file has %d bytes, want the %d of the log", have, err, out, len(got), size)
+		}
+	}
+	if last := s.Upstream.Requests()[0]; last.Header.Get("Range") != "bytes=123457-" {
+		t.Errorf("the upstream saw Range %q, want the rest only", last.Header.Get("Range"))
+	}
+}
