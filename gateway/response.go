@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -41,6 +42,12 @@ func prepare(next http.Handler) http.Handler {
 		rs := &responseState{ResponseWriter: w, status: http.StatusOK}
 		r = r.Clone(context.WithValue(r.Context(), responseStateKey{}, rs))
 		if values, err := url.ParseQuery(r.URL.RawQuery); err == nil {
+			if field, ok := invalidUTF8(r.URL.Path, values); !ok {
+				// The request fields are proto strings, which must be UTF-8.
+				handleError(r.Context(), nil, nil, rs, r, status.Errorf(codes.InvalidArgument,
+					"%s is not valid UTF-8: percent-encode the UTF-8 bytes of the text", field))
+				return
+			}
 			changed := normalizeLogLevels(values)
 			if br, ok := parseRange(r.Header.Values("Range")); ok && r.Header.Get("If-Range") == "" {
 				// An If-Range cannot match: the mirror sends no validators.
@@ -70,6 +77,25 @@ func prepare(next http.Handler) http.Handler {
 			panic(http.ErrAbortHandler)
 		}
 	})
+}
+
+// invalidUTF8 names the first part of a request that is not valid UTF-8
+// once decoded, and reports false; it reports true when all parts are.
+func invalidUTF8(path string, values url.Values) (string, bool) {
+	if !utf8.ValidString(path) {
+		return "the path", false
+	}
+	for key, vs := range values {
+		if !utf8.ValidString(key) {
+			return "a query parameter name", false
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return "query parameter " + strconv.Quote(key), false
+			}
+		}
+	}
+	return "", true
 }
 
 func stateFrom(ctx context.Context) *responseState {
