@@ -85,8 +85,8 @@ type Config struct {
 	// default upstream.DefaultConnectTimeout.
 	UpstreamConnectTimeout time.Duration
 	// UpstreamRetry is how transient upstream failures are retried and
-	// broken logs resumed; zero fields take upstream.DefaultRetryPolicy's.
-	UpstreamRetry upstream.RetryPolicy
+	// broken logs resumed; nil for upstream.DefaultRetryPolicy.
+	UpstreamRetry *upstream.RetryPolicy
 	// MaxDownloads caps the downloads in flight, gRPC and REST together;
 	// beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429).
 	// Default 512. It also sizes the upstream connection pool and the HTTP/2
@@ -138,7 +138,7 @@ func New(cfg Config) (*Server, error) {
 		upstream.WithConnectTimeout(cfg.UpstreamConnectTimeout),
 		upstream.WithHeaderTimeout(cfg.UpstreamHeaderTimeout),
 		upstream.WithIdleTimeout(cfg.UpstreamIdleTimeout),
-		upstream.WithRetry(cfg.UpstreamRetry),
+		upstream.WithRetry(*cmp.Or(cfg.UpstreamRetry, &upstream.DefaultRetryPolicy)),
 		upstream.WithMaxConns(cfg.MaxDownloads))
 	if err != nil {
 		return nil, err

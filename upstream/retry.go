@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -35,18 +34,10 @@ type RetryPolicy struct {
 // DefaultRetryPolicy is the policy of a client without [WithRetry].
 var DefaultRetryPolicy = RetryPolicy{Attempts: 3, Backoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second, MaxResumes: 8}
 
-// WithRetry sets the client's retry policy; zero fields take the default's
-// values.
+// WithRetry sets the client's retry policy, as given: start from
+// [DefaultRetryPolicy] to change only some fields.
 func WithRetry(p RetryPolicy) Option {
-	return func(c *Client) {
-		d := DefaultRetryPolicy
-		c.retry = RetryPolicy{
-			Attempts:   cmp.Or(p.Attempts, d.Attempts),
-			Backoff:    cmp.Or(p.Backoff, d.Backoff),
-			MaxBackoff: cmp.Or(p.MaxBackoff, d.MaxBackoff),
-			MaxResumes: cmp.Or(p.MaxResumes, d.MaxResumes),
-		}
-	}
+	return func(c *Client) { c.retry = p }
 }
 
 func (p RetryPolicy) validate() error {

@@ -50,6 +50,8 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		defer demo.Close()
 		endpoint = demo.URL
 	}
+	retry := upstream.DefaultRetryPolicy
+	retry.Attempts, retry.MaxResumes = cfg.attempts, cfg.maxResumes
 	srv, err := server.New(server.Config{
 		GRPCAddr:        cfg.grpcAddr,
 		HTTPAddr:        cfg.httpAddr,
@@ -61,7 +63,7 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		UpstreamHeaderTimeout:  cfg.headerTimeout,
 		UpstreamIdleTimeout:    cfg.idleTimeout,
 		UpstreamConnectTimeout: cfg.connectTimeout,
-		UpstreamRetry:          upstream.RetryPolicy{Attempts: cfg.attempts, MaxResumes: cfg.maxResumes},
+		UpstreamRetry:          &retry,
 		MaxDownloads:           cfg.maxDownloads,
 	})
 	if err != nil {

@@ -45,15 +45,24 @@ type Stack struct {
 // down cleanly.
 func Start(t testing.TB, chunkSize int) *Stack {
 	t.Helper()
+	return StartWith(t, func(c *server.Config) { c.ChunkSize = chunkSize })
+}
+
+// StartWith starts a stack whose configuration edit may change, and stops
+// it when the test ends, as [Start] does. The listen addresses, upstream
+// and logger are set before edit sees the configuration.
+func StartWith(t testing.TB, edit func(*server.Config)) *Stack {
+	t.Helper()
 	up := upstreamtest.NewServer()
 	up.AddToken(Token)
-	srv, err := server.New(server.Config{
-		GRPCAddr:  "127.0.0.1:0",
-		HTTPAddr:  "127.0.0.1:0",
-		Upstream:  up.URL,
-		ChunkSize: chunkSize,
-		Logger:    slog.New(slog.DiscardHandler),
-	})
+	cfg := server.Config{
+		GRPCAddr: "127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0",
+		Upstream: up.URL,
+		Logger:   slog.New(slog.DiscardHandler),
+	}
+	edit(&cfg)
+	srv, err := server.New(cfg)
 	if err != nil {
 		up.Close()
 		t.Fatal(err)
