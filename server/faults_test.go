@@ -45,7 +45,9 @@ type faultOutcome struct {
 func TestFaults(t *testing.T) {
 	t.Parallel()
 	const size = 1<<20 + 7
-	ok := func(requests int) faultOutcome { return faultOutcome{code: codes.OK, httpStatus: 200, requests: requests} }
+	ok := func(requests int) faultOutcome {
+		return faultOutcome{code: codes.OK, httpStatus: 200, requests: requests}
+	}
 	once := func(f upstreamtest.Fault) []upstreamtest.Fault { return []upstreamtest.Fault{f} }
 	times := func(n int, f upstreamtest.Fault) []upstreamtest.Fault { f.Times = n; return []upstreamtest.Fault{f} }
 	tests := []struct {
@@ -88,11 +90,17 @@ func TestFaults(t *testing.T) {
 			},
 			want: faultOutcome{code: codes.Unauthenticated, reason: service.ReasonUpstreamUnauthenticated, httpStatus: 401, requests: 1}},
 		{name: "cut mid-body",
-			faults: func(*servertest.Stack) []upstreamtest.Fault { return once(upstreamtest.Fault{Cut: true, CutAfter: 300_000}) }, want: ok(2)},
+			faults: func(*servertest.Stack) []upstreamtest.Fault {
+				return once(upstreamtest.Fault{Cut: true, CutAfter: 300_000})
+			}, want: ok(2)},
 		{name: "cut mid-body, no Content-Length", log: upstreamtest.Log{OmitLength: true},
-			faults: func(*servertest.Stack) []upstreamtest.Fault { return once(upstreamtest.Fault{Cut: true, CutAfter: 300_000}) }, want: ok(2)},
+			faults: func(*servertest.Stack) []upstreamtest.Fault {
+				return once(upstreamtest.Fault{Cut: true, CutAfter: 300_000})
+			}, want: ok(2)},
 		{name: "cut mid-body, no Range support: refetch and skip", log: upstreamtest.Log{IgnoreRange: true},
-			faults: func(*servertest.Stack) []upstreamtest.Fault { return once(upstreamtest.Fault{Cut: true, CutAfter: 300_000}) }, want: ok(2)},
+			faults: func(*servertest.Stack) []upstreamtest.Fault {
+				return once(upstreamtest.Fault{Cut: true, CutAfter: 300_000})
+			}, want: ok(2)},
 		{name: "cut at the first byte",
 			faults: func(*servertest.Stack) []upstreamtest.Fault { return once(upstreamtest.Fault{Cut: true, CutAfter: 0}) }, want: ok(2)},
 		{name: "stall mid-body: the idle timeout",
@@ -108,8 +116,10 @@ func TestFaults(t *testing.T) {
 				return once(upstreamtest.Fault{DripBytes: 64 << 10, DripEvery: time.Millisecond})
 			}, want: ok(1)},
 		{name: "every answer cut: resumptions run out",
-			faults: func(*servertest.Stack) []upstreamtest.Fault { return times(-1, upstreamtest.Fault{Cut: true, CutAfter: 100_000}) },
-			want:   faultOutcome{code: codes.Unavailable, reason: service.ReasonUpstreamInterrupted, httpStatus: 200, restCut: true, requests: 1 + faultPolicy.MaxResumes}},
+			faults: func(*servertest.Stack) []upstreamtest.Fault {
+				return times(-1, upstreamtest.Fault{Cut: true, CutAfter: 100_000})
+			},
+			want: faultOutcome{code: codes.Unavailable, reason: service.ReasonUpstreamInterrupted, httpStatus: 200, restCut: true, requests: 1 + faultPolicy.MaxResumes}},
 		{name: "cut, then the resumption answers 401",
 			faults: func(*servertest.Stack) []upstreamtest.Fault {
 				return []upstreamtest.Fault{{Cut: true, CutAfter: 100_000}, upstreamtest.ErrorFault(401, upstreamtest.AuthFailedCode, "token expired")}
@@ -133,8 +143,10 @@ func TestFaults(t *testing.T) {
 			t.Parallel()
 			s := servertest.StartWith(t, func(c *server.Config) {
 				c.UpstreamRetry = &faultPolicy
-				c.UpstreamHeaderTimeout = 300 * time.Millisecond
-				c.UpstreamIdleTimeout = 300 * time.Millisecond
+				// Short enough for the stall and header faults, long enough
+				// that a loaded machine does not trip them elsewhere.
+				c.UpstreamHeaderTimeout = time.Second
+				c.UpstreamIdleTimeout = time.Second
 				if tt.deadline > 0 {
 					c.UpstreamHeaderTimeout = time.Minute // the caller's deadline comes first
 				}
