@@ -1,0 +1,239 @@
+// Command memory checks buildlogd's memory targets on a real buildlogd
+// process in front of a fast simulated upstream:
+//
+//   - relay: one 256 MiB log downloaded over gRPC, then over REST, each
+//     verified by SHA-256; peak resident set under 48 MiB;
+//   - slow readers: 48 downloads at once (half gRPC, half REST) of a large
+//     log, each read far slower than the upstream sends; peak resident set
+//     under 96 MiB.
+//
+// It prints the figures and exits 1 when a target is missed. Run it from the
+// repository root:
+//
+//	go run ./bench/memory [-size 256MiB] [-readers 48] [-hold 5s]
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/benchproc"
+	"github.com/buildlog/buildlog/service"
+	"github.com/buildlog/buildlog/upstream/upstreamtest"
+)
+
+const (
+	recordID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+	task     = "stage1"
+	token    = "bench-token"
+
+	relayTarget  = 48 << 20
+	readerTarget = 96 << 20
+)
+
+func main() {
+	size := flag.Int64("size", 256<<20, "size of the relayed log, in bytes")
+	readers := flag.Int("readers", 48, "slow readers at once")
+	hold := flag.Duration("hold", 5*time.Second, "how long the slow readers read")
+	flag.Parse()
+	if err := run(*size, *readers, *hold); err != nil {
+		fmt.Fprintln(os.Stderr, "memory:", err)
+		os.Exit(1)
+	}
+}
+
+func run(size int64, readers int, hold time.Duration) error {
+	up, err := upstreamtest.Start("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	up.AddToken(token)
+	up.AddLog(recordID, task, upstreamtest.Log{Size: size})
+	bin, err := benchproc.Build()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(bin[:len(bin)-len("/buildlogd")])
+
+	relay, err := measureRelay(bin, up.URL, size)
+	if err != nil {
+		return err
+	}
+	slow, err := measureSlowReaders(bin, up.URL, readers, hold)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("| scenario | buildlogd peak RSS | target | result |\n| --- | --- | --- | --- |\n")
+	failed := false
+	for _, r := range []struct {
+		name        string
+		rss, target int64
+	}{
+		{fmt.Sprintf("relay one %d MiB log (gRPC, then REST)", size>>20), relay, relayTarget},
+		{fmt.Sprintf("%d slow readers at once (half gRPC, half REST)", readers), slow, readerTarget},
+	} {
+		result := "met"
+		if r.rss >= r.target {
+			result, failed = "MISSED", true
+		}
+		fmt.Printf("| %s | %.1f MiB | < %d MiB | %s |\n", r.name, float64(r.rss)/(1<<20), r.target>>20, result)
+	}
+	if failed {
+		return errors.New("a memory target was missed")
+	}
+	return nil
+}
+
+// measureRelay downloads the whole log over both paths from a fresh server
+// and returns its peak resident set.
+func measureRelay(bin, upstreamURL string, size int64) (int64, error) {
+	srv, err := benchproc.Start(bin, "--upstream", upstreamURL)
+	if err != nil {
+		return 0, err
+	}
+	defer srv.Stop()
+	want, _ := digest(upstreamtest.Reader(size, "INFO", task))
+	conn, client, err := dial(srv.GRPCAddr)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	h := sha256.New()
+	if err := grpcRead(context.Background(), client, h, 0); err != nil {
+		return 0, fmt.Errorf("gRPC relay: %w", err)
+	}
+	if [32]byte(h.Sum(nil)) != want {
+		return 0, errors.New("gRPC relay: the log differs from the upstream's")
+	}
+	h.Reset()
+	if err := restRead(context.Background(), srv.HTTPAddr, h, 0); err != nil {
+		return 0, fmt.Errorf("REST relay: %w", err)
+	}
+	if [32]byte(h.Sum(nil)) != want {
+		return 0, errors.New("REST relay: the log differs from the upstream's")
+	}
+	return srv.PeakRSS(), nil
+}
+
+// measureSlowReaders runs readers slow downloads at once for hold from a
+// fresh server and returns its peak resident set.
+func measureSlowReaders(bin, upstreamURL string, readers int, hold time.Duration) (int64, error) {
+	srv, err := benchproc.Start(bin, "--upstream", upstreamURL)
+	if err != nil {
+		return 0, err
+	}
+	defer srv.Stop()
+	conn, client, err := dial(srv.GRPCAddr)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), hold)
+	defer cancel()
+	// Each reader takes a chunk every 20 ms: about 3 MiB/s, far below the
+	// upstream's speed, so every download is held back by its reader.
+	const pause = 20 * time.Millisecond
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for i := range readers {
+		wg.Go(func() {
+			var err error
+			if i%2 == 0 {
+				err = grpcRead(ctx, client, io.Discard, pause)
+			} else {
+				err = restRead(ctx, srv.HTTPAddr, io.Discard, pause)
+			}
+			if err != nil && ctx.Err() == nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, fmt.Errorf("a slow reader failed before the end: %w", err)
+	}
+	return srv.PeakRSS(), nil
+}
+
+func dial(addr string) (*grpc.ClientConn, buildlogv1.BuildLogServiceClient, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, buildlogv1.NewBuildLogServiceClient(conn), nil
+}
+
+// grpcRead downloads the log into w, pausing after each message.
+func grpcRead(ctx context.Context, client buildlogv1.BuildLogServiceClient, w io.Writer, pause time.Duration) error {
+	ctx = metadata.AppendToOutgoingContext(ctx, service.TokenMetadataKey, token)
+	stream, err := client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: task})
+	if err != nil {
+		return err
+	}
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		w.Write(msg.GetData())
+		if pause > 0 {
+			time.Sleep(pause)
+		}
+	}
+}
+
+// restRead downloads the log into w over the REST mirror, pausing after
+// each 64 KiB.
+func restRead(ctx context.Context, httpAddr string, w io.Writer, pause time.Duration) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/v4/"+recordID+"/task-log?task_name="+task, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-Auth-Token", token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := io.ReadFull(resp.Body, buf)
+		w.Write(buf[:n])
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if pause > 0 {
+			time.Sleep(pause)
+		}
+	}
+}
+
+func digest(r io.Reader) ([32]byte, error) {
+	h := sha256.New()
+	_, err := io.Copy(h, r)
+	return [32]byte(h.Sum(nil)), err
+}
