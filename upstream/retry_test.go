@@ -238,6 +238,13 @@ func TestResumeAfterTheFirstByte(t *testing.T) {
 			resumes:   []int64{1},
 		},
 		{
+			name:      "cut, same ETag",
+			log:       upstreamtest.Log{Size: size, ETag: `"v1"`},
+			faults:    []upstreamtest.Fault{{Cut: true, CutAfter: 65_536}},
+			wantRange: []string{"", "bytes=65536-"},
+			resumes:   []int64{65_536},
+		},
+		{
 			name:      "stall: the idle timeout",
 			log:       upstreamtest.Log{Size: size},
 			faults:    []upstreamtest.Fault{{Stall: true, StallAfter: 4096}},
@@ -293,6 +300,7 @@ func TestResumeRefusesAChangedLog(t *testing.T) {
 		{"size changed", upstreamtest.Log{Size: 200_000}, upstreamtest.Log{Size: 250_000}},
 		{"size changed, no Range support", upstreamtest.Log{Size: 200_000, IgnoreRange: true}, upstreamtest.Log{Size: 199_999, IgnoreRange: true}},
 		{"shrank below the break, no length", upstreamtest.Log{Size: 200_000, OmitLength: true}, upstreamtest.Log{Size: 50_000, OmitLength: true}},
+		{"same size, another ETag", upstreamtest.Log{Size: 200_000, ETag: `"v1"`}, upstreamtest.Log{Size: 200_000, ETag: `"v2"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -55,6 +55,8 @@ type Log struct {
 	// IgnoreRange makes the server answer Range requests with the whole log,
 	// as a server without Range support does.
 	IgnoreRange bool
+	// ETag, when not empty, is sent as the ETag header: the log's version.
+	ETag string
 }
 
 // Fault replaces or disturbs the normal answer to matching requests. Faults
@@ -370,6 +372,9 @@ func serveLog(w http.ResponseWriter, r *http.Request, log Log, recordID string, 
 
 	h := w.Header()
 	h.Set("Content-Type", cmp.Or(log.ContentType, "application/octet-stream"))
+	if log.ETag != "" {
+		h.Set("ETag", log.ETag)
+	}
 	if log.FileName != "" {
 		h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": log.FileName}))
 	}
