@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -95,8 +97,20 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight downloads may run on after
 	// shutdown begins before they are cancelled; default 30s.
 	ShutdownTimeout time.Duration
-	// Logger receives the server's logs; default slog.Default().
+	// Logger receives the server's logs, including one line per stream;
+	// default slog.Default().
 	Logger *slog.Logger
+
+	// AdminAddr is the listen address of /healthz, /readyz, /metrics and,
+	// with Pprof, /debug/pprof/; default ":9091", [AdminOff] for none.
+	AdminAddr string
+	Pprof     bool
+	// Keepalive sets gRPC keepalive and connection age; nil means
+	// [DefaultKeepalive].
+	Keepalive *Keepalive
+	// TracerProvider records spans; default otel.GetTracerProvider() (a
+	// no-op unless the program installs one).
+	TracerProvider trace.TracerProvider
 }
 
 // Server is an assembled, listening daemon. Run it with [Server.Serve].
@@ -110,6 +124,10 @@ type Server struct {
 	gatewayCC  *grpc.ClientConn
 	health     *health.Server
 	upstream   *upstream.Client
+
+	metrics     *metrics
+	adminLn     net.Listener // nil when the admin endpoints are off
+	adminServer *http.Server
 }
 
 // New builds the daemon and opens its listeners, so that [Server.GRPCAddr]
@@ -126,6 +144,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.AdminAddr = cmp.Or(cfg.AdminAddr, DefaultAdminAddr)
+	if cfg.Keepalive == nil {
+		ka := DefaultKeepalive()
+		cfg.Keepalive = &ka
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
+	}
+	tr := tracing{tp: cfg.TracerProvider}
+	m := newMetrics()
 
 	cfg.UpstreamHeaderTimeout = cmp.Or(cfg.UpstreamHeaderTimeout, upstream.DefaultHeaderTimeout)
 	cfg.UpstreamIdleTimeout = cmp.Or(cfg.UpstreamIdleTimeout, upstream.DefaultIdleTimeout)
@@ -139,7 +167,9 @@ func New(cfg Config) (*Server, error) {
 		upstream.WithHeaderTimeout(cfg.UpstreamHeaderTimeout),
 		upstream.WithIdleTimeout(cfg.UpstreamIdleTimeout),
 		upstream.WithRetry(*cmp.Or(cfg.UpstreamRetry, &upstream.DefaultRetryPolicy)),
-		upstream.WithMaxConns(cfg.MaxDownloads))
+		upstream.WithMaxConns(cfg.MaxDownloads),
+		upstream.WithObserver(m),
+		tr.upstreamOption())
 	if err != nil {
 		return nil, err
 	}
@@ -148,12 +178,18 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize), upstream: up}
+	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize), upstream: up, metrics: m}
 	maxStreams := uint32(cfg.MaxDownloads + streamsBeyondDownloads)
-	s.grpcServer = grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams))
+	s.grpcServer = grpc.NewServer(append(cfg.Keepalive.serverOptions(),
+		grpc.MaxConcurrentStreams(maxStreams),
+		tr.serverOption(),
+		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.observeStreams),
+		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
+	)...)
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
+	m.grpc.InitializeMetrics(s.grpcServer)
 
 	s.gatewayCC, err = grpc.NewClient("passthrough:///buildlog-inprocess",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inprocLn.DialContext(ctx) }),
@@ -162,6 +198,7 @@ func New(cfg Config) (*Server, error) {
 		// window (data buffered for a slow REST reader) to 16 MiB.
 		grpc.WithInitialWindowSize(gatewayStreamWindow(cfg.ChunkSize)),
 		grpc.WithInitialConnWindowSize(gatewayConnWindow),
+		tr.gatewayDialOption(),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect the REST mirror to the service: %w", err)
@@ -171,7 +208,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("build the REST mirror: %w", err)
 	}
 	s.httpServer = &http.Server{
-		Handler:           mirror,
+		Handler:           tr.restHandler(mirror),
 		ReadHeaderTimeout: 10 * time.Second,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(maxStreams)},
 		IdleTimeout:       2 * time.Minute,
@@ -184,6 +221,11 @@ func New(cfg Config) (*Server, error) {
 	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		s.grpcLn.Close()
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	if err := s.listenAdmin(); err != nil {
+		s.grpcLn.Close()
+		s.httpLn.Close()
+		return nil, err
 	}
 	return s, nil
 }
@@ -202,7 +244,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(buildlogv1.BuildLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	var wg sync.WaitGroup
 	serve := func(name string, f func() error) {
 		wg.Go(func() {
@@ -214,7 +256,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	serve("serve gRPC", func() error { return s.grpcServer.Serve(s.grpcLn) })
 	serve("serve in-process gRPC", func() error { return s.grpcServer.Serve(s.inprocLn) })
 	serve("serve HTTP", func() error { return s.httpServer.Serve(s.httpLn) })
-	s.cfg.Logger.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "upstream", s.cfg.Upstream)
+	if s.adminLn != nil {
+		serve("serve admin HTTP", func() error { return s.adminServer.Serve(s.adminLn) })
+	}
+	s.cfg.Logger.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "admin", s.adminAddrString(), "upstream", s.cfg.Upstream)
 
 	var serveErr error
 	select {
@@ -259,5 +304,6 @@ func (s *Server) shutdown() {
 	wg.Wait()
 	s.gatewayCC.Close()
 	s.upstream.CloseIdleConnections()
+	s.shutdownAdmin()
 	s.cfg.Logger.Info("stopped")
 }

@@ -90,6 +90,8 @@ type Client struct {
 	maxConns       int
 	observer       Observer
 	retry          RetryPolicy
+	// transportWrappers wrap the HTTP transport (WithTransportWrapper).
+	transportWrappers []func(http.RoundTripper) http.RoundTripper
 }
 
 // Option configures a [Client].
@@ -167,7 +169,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	t.MaxConnsPerHost = c.maxConns
 	t.MaxIdleConnsPerHost = c.maxConns
 	t.MaxIdleConns = c.maxConns
-	c.httpClient = &http.Client{Transport: t, CheckRedirect: checkRedirect}
+	c.httpClient = &http.Client{Transport: c.wrapTransport(t), CheckRedirect: checkRedirect}
 	return c, nil
 }
 

@@ -30,6 +30,9 @@ type Stack struct {
 	// URL ("http://127.0.0.1:port").
 	GRPCAddr string
 	RESTURL  string
+	// AdminURL is the admin endpoints' base URL ("http://127.0.0.1:port"):
+	// /healthz, /readyz, /metrics and /debug/pprof/.
+	AdminURL string
 	// HTTP is a client for the REST mirror; Conn a gRPC connection and
 	// Client a BuildLogService client on it.
 	HTTP   *http.Client
@@ -49,17 +52,20 @@ func Start(t testing.TB, chunkSize int) *Stack {
 }
 
 // StartWith starts a stack whose configuration edit may change, and stops
-// it when the test ends, as [Start] does. The listen addresses, upstream
-// and logger are set before edit sees the configuration.
+// it when the test ends, as [Start] does. The listen addresses (admin
+// included, with pprof on), upstream and logger are set before edit sees
+// the configuration.
 func StartWith(t testing.TB, edit func(*server.Config)) *Stack {
 	t.Helper()
 	up := upstreamtest.NewServer()
 	up.AddToken(Token)
 	cfg := server.Config{
-		GRPCAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0",
-		Upstream: up.URL,
-		Logger:   slog.New(slog.DiscardHandler),
+		GRPCAddr:  "127.0.0.1:0",
+		HTTPAddr:  "127.0.0.1:0",
+		AdminAddr: "127.0.0.1:0",
+		Upstream:  up.URL,
+		Logger:    slog.New(slog.DiscardHandler),
+		Pprof:     true,
 	}
 	edit(&cfg)
 	srv, err := server.New(cfg)
@@ -75,6 +81,9 @@ func StartWith(t testing.TB, edit func(*server.Config)) *Stack {
 		HTTP:     &http.Client{Transport: &http.Transport{}},
 		cancel:   cancel,
 		served:   make(chan error, 1),
+	}
+	if a := srv.AdminAddr(); a != nil {
+		s.AdminURL = "http://" + a.String()
 	}
 	go func() { s.served <- srv.Serve(ctx) }()
 	s.Conn, err = grpc.NewClient(s.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -1,0 +1,121 @@
+package server
+
+import (
+	"strconv"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Paths a download takes, the "path" label of the relay metrics: gRPC
+// callers, and REST callers whose calls reach the service in-process.
+const (
+	pathGRPC = "grpc"
+	pathREST = "rest"
+)
+
+// metrics are buildlogd's Prometheus collectors, on a registry of their own
+// so that tests and embedders never share global state.
+type metrics struct {
+	registry *prometheus.Registry
+	grpc     *grpcprom.ServerMetrics
+
+	upstreamRequests *prometheus.CounterVec
+	upstreamLatency  *prometheus.HistogramVec
+	upstreamRetries  *prometheus.CounterVec
+	upstreamResumes  prometheus.Counter
+	relayedBytes     *prometheus.CounterVec
+	activeStreams    *prometheus.GaugeVec
+}
+
+// latencyBuckets cover a fast upstream answer (5 ms) to the default header
+// timeout (30 s) and beyond, in seconds.
+var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// downloadBuckets cover whole downloads, which can run for minutes, in
+// seconds.
+var downloadBuckets = []float64{.01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900, 3600}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		grpc: grpcprom.NewServerMetrics(
+			grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(downloadBuckets)),
+		),
+		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildlog_upstream_requests_total",
+			Help: "Upstream HTTP requests by response status (0: no response) and upstream error_code (empty for a log).",
+		}, []string{"status", "error_code"}),
+		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "buildlog_upstream_response_seconds",
+			Help:    "Time from sending an upstream request to its response headers (or failure), by status.",
+			Buckets: latencyBuckets,
+		}, []string{"status"}),
+		upstreamRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildlog_upstream_retries_total",
+			Help: "Upstream requests retried before any byte reached the caller, by reason.",
+		}, []string{"reason"}),
+		upstreamResumes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildlog_upstream_resumes_total",
+			Help: "Broken upstream log bodies resumed transparently with a Range request.",
+		}),
+		relayedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildlog_relayed_bytes_total",
+			Help: "Log bytes sent to callers, by path (grpc, or rest for the REST mirror).",
+		}, []string{"path"}),
+		activeStreams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "buildlog_active_streams",
+			Help: "Downloads in progress, by path (grpc, or rest for the REST mirror).",
+		}, []string{"path"}),
+	}
+	m.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.grpc, m.upstreamRequests, m.upstreamLatency, m.upstreamRetries, m.upstreamResumes,
+		m.relayedBytes, m.activeStreams,
+	)
+	// Both paths show from the start, so rate() and alerts see zeros rather
+	// than missing series.
+	for _, p := range []string{pathGRPC, pathREST} {
+		m.relayedBytes.WithLabelValues(p)
+		m.activeStreams.WithLabelValues(p)
+	}
+	return m
+}
+
+// metrics implements upstream.Observer.
+
+// Exchange counts one upstream request.
+func (m *metrics) Exchange(status int, errorCode string, elapsed time.Duration) {
+	s := strconv.Itoa(status)
+	m.upstreamRequests.WithLabelValues(s, labelValue(errorCode)).Inc()
+	m.upstreamLatency.WithLabelValues(s).Observe(elapsed.Seconds())
+}
+
+// Retry counts one retried upstream request.
+func (m *metrics) Retry(reason string) { m.upstreamRetries.WithLabelValues(labelValue(reason)).Inc() }
+
+// Resume counts one resumed log body.
+func (m *metrics) Resume(int64) { m.upstreamResumes.Inc() }
+
+// maxLabelValue bounds label values that come from the upstream.
+const maxLabelValue = 32
+
+// labelValue keeps a label value from the upstream (an error_code) to a
+// short code-like string, so a misbehaving upstream cannot flood the
+// metrics with unbounded or odd values: anything else becomes "other".
+func labelValue(v string) string {
+	if len(v) > maxLabelValue {
+		return "other"
+	}
+	for _, r := range v {
+		switch {
+		case r >= 'A' && r <= 'Z', r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+		default:
+			return "other"
+		}
+	}
+	return v
+}

@@ -1,0 +1,406 @@
+package server_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"log/slog"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/server"
+	"github.com/buildlog/buildlog/server/servertest"
+	"github.com/buildlog/buildlog/service"
+	"github.com/buildlog/buildlog/upstream/upstreamtest"
+)
+
+// syncBuffer is a log destination safe for the server's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// accessLines returns the logged stream lines, decoded.
+func accessLines(t *testing.T, logs string) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		var line map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", sc.Text(), err)
+		}
+		if line["msg"] == "stream" {
+			lines = append(lines, line)
+		}
+	}
+	return lines
+}
+
+func getURL(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: read body: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// scrape fetches /metrics and parses it.
+func scrape(t *testing.T, s *servertest.Stack) (string, map[string]*dto.MetricFamily) {
+	t.Helper()
+	code, text := getURL(t, s.AdminURL+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: status %d", code)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return text, families
+}
+
+// metricValue returns the value of the counter or gauge sample of family
+// name whose labels include want, and whether there is one.
+func metricValue(families map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f := families[name]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+func TestAdminProbesAndPprof(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		pprof     bool
+		wantPprof int
+	}{
+		{"pprof on", true, http.StatusOK},
+		{"pprof off", false, http.StatusNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := servertest.StartWith(t, func(cfg *server.Config) { cfg.Pprof = tc.pprof })
+			for _, path := range []string{"/healthz", "/readyz"} {
+				if code, body := getURL(t, s.AdminURL+path); code != http.StatusOK || body != "ok\n" {
+					t.Errorf("GET %s = %d %q, want 200 \"ok\\n\"", path, code, body)
+				}
+			}
+			if code, _ := getURL(t, s.AdminURL+"/debug/pprof/"); code != tc.wantPprof {
+				t.Errorf("GET /debug/pprof/ = %d, want %d", code, tc.wantPprof)
+			}
+		})
+	}
+}
+
+func TestAdminOff(t *testing.T) {
+	t.Parallel()
+	s := servertest.StartWith(t, func(cfg *server.Config) { cfg.AdminAddr = server.AdminOff })
+	if s.AdminURL != "" {
+		t.Errorf("AdminURL = %q with the admin endpoints off, want none", s.AdminURL)
+	}
+	if _, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"}); status.Code(err) != codes.NotFound {
+		t.Errorf("download without admin endpoints: %v, want NOT_FOUND from the upstream", err)
+	}
+}
+
+func TestReadyzFailsWhileDraining(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
+	s.Upstream.Inject(upstreamtest.Fault{Stall: true, StallAfter: 16 << 10})
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token))
+	defer cancel()
+	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	_, families := scrape(t, s)
+	if v, _ := metricValue(families, "buildlog_active_streams", map[string]string{"path": "grpc"}); v != 1 {
+		t.Errorf("buildlog_active_streams{path=grpc} = %v during a download, want 1", v)
+	}
+
+	s.Shutdown() // the stalled download keeps the server draining
+	for {
+		code, body := getURL(t, s.AdminURL+"/readyz")
+		if code == http.StatusServiceUnavailable {
+			break
+		}
+		if code != http.StatusOK {
+			t.Fatalf("GET /readyz = %d %q while draining, want 503 (or 200 before the shutdown begins)", code, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, _ := getURL(t, s.AdminURL+"/healthz"); code != http.StatusOK {
+		t.Errorf("GET /healthz = %d while draining, want 200: the process is alive", code)
+	}
+	cancel() // lets the shutdown finish
+}
+
+func TestMetricsAfterTraffic(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	const size = 3*chunk + 5
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
+
+	if data, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"}); err != nil || len(data) != size {
+		t.Fatalf("gRPC download: %d bytes, %v", len(data), err)
+	}
+	if resp, body, err := s.Get(t, logPath("stage1"), token); err != nil || resp.StatusCode != http.StatusOK || len(body) != size {
+		t.Fatalf("REST download: %d bytes, %v", len(body), err)
+	}
+	if _, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage9"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("download of a missing log: %v, want NOT_FOUND", err)
+	}
+
+	_, families := scrape(t, s)
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"buildlog_relayed_bytes_total", map[string]string{"path": "grpc"}, size},
+		{"buildlog_relayed_bytes_total", map[string]string{"path": "rest"}, size},
+		{"buildlog_active_streams", map[string]string{"path": "grpc"}, 0},
+		{"buildlog_active_streams", map[string]string{"path": "rest"}, 0},
+		{"buildlog_upstream_requests_total", map[string]string{"status": "200", "error_code": ""}, 2},
+		{"buildlog_upstream_requests_total", map[string]string{"status": "404", "error_code": upstreamtest.NotFoundCode}, 1},
+		{"buildlog_upstream_response_seconds", map[string]string{"status": "200"}, 2},
+		// Two gRPC calls from the test; the REST call is a gRPC call too.
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "DownloadTaskLog", "grpc_code": "OK"}, 2},
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "DownloadTaskLog", "grpc_code": "NotFound"}, 1},
+		{"grpc_server_handling_seconds", map[string]string{"grpc_method": "DownloadTaskLog"}, 3},
+	} {
+		if got, ok := metricValue(families, c.name, c.labels); !ok || got != c.want {
+			t.Errorf("%s%v = %v (present: %v), want %v", c.name, c.labels, got, ok, c.want)
+		}
+	}
+}
+
+// TestLogsAndMetricsNeverHoldTokens sends tokens on successful and failing
+// calls, including to an upstream that echoes the token in its error, and
+// looks for them in everything logged (at debug level) and in /metrics.
+func TestLogsAndMetricsNeverHoldTokens(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	s := servertest.StartWith(t, func(cfg *server.Config) {
+		cfg.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	const (
+		size        = 2*chunk + 1
+		wrongToken  = "MIIEwrongTOKEN-secret-987654321"
+		traceID     = "4bf92f3577b34da6a3ce929d0e0e4736"
+		traceparent = "00-" + traceID + "-00f067aa0ba902b7-01"
+	)
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
+
+	grpcCall := func(tok, task string) error {
+		ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, tok, "traceparent", traceparent)
+		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: task})
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	if err := grpcCall(token, "stage1"); err != nil {
+		t.Fatalf("gRPC download: %v", err)
+	}
+	if err := grpcCall(wrongToken, "stage1"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("gRPC download with a wrong token: %v, want UNAUTHENTICATED", err)
+	}
+	s.Upstream.Inject(upstreamtest.ErrorFault(http.StatusInternalServerError, "CB.00060101", "internal error for token "+token))
+	if err := grpcCall(token, "stage1"); status.Code(err) != codes.Internal {
+		t.Fatalf("gRPC download from an upstream echoing the token: %v, want INTERNAL", err)
+	}
+	if resp, _, _ := s.Get(t, logPath("stage1"), token, "traceparent", traceparent); resp.StatusCode != http.StatusOK {
+		t.Fatalf("REST download: status %d", resp.StatusCode)
+	}
+	if resp, _, _ := s.Get(t, logPath("stage1"), wrongToken); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("REST download with a wrong token: status %d, want 401", resp.StatusCode)
+	}
+
+	metricsText, _ := scrape(t, s)
+	s.Shutdown()
+	// The access line of the last REST call is written when its stream
+	// ends, which may follow the response by a moment: wait for it.
+	for len(accessLines(t, logs.String())) < 5 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	logText := logs.String()
+	for _, tok := range []string{token, wrongToken} {
+		if strings.Contains(logText, tok) {
+			t.Errorf("the logs hold a token:\n%s", logText)
+		}
+		if strings.Contains(metricsText, tok) {
+			t.Errorf("/metrics holds a token")
+		}
+	}
+
+	requests := s.Upstream.Requests()
+	type want struct {
+		path, code, reason string
+		bytes              float64
+		traced             bool
+	}
+	wants := []want{
+		{"grpc", "OK", "", size, true},
+		{"grpc", "Unauthenticated", "UPSTREAM_UNAUTHENTICATED", 0, true},
+		{"grpc", "Internal", "UPSTREAM_INTERNAL", 0, true},
+		{"rest", "OK", "", size, true},
+		{"rest", "Unauthenticated", "UPSTREAM_UNAUTHENTICATED", 0, false},
+	}
+	lines := accessLines(t, logText)
+	if len(lines) != len(wants) {
+		t.Fatalf("%d access lines, want %d:\n%s", len(lines), len(wants), logText)
+	}
+	for i, w := range wants {
+		l := lines[i]
+		if l["method"] != "/buildlog.v1.BuildLogService/DownloadTaskLog" || l["path"] != w.path || l["code"] != w.code ||
+			l["bytes"] != w.bytes || l["record_id"] != recordID || l["task_name"] != "stage1" {
+			t.Errorf("access line %d = %v, want path %s, code %s, %v bytes", i, l, w.path, w.code, w.bytes)
+		}
+		if w.reason != "" && l["reason"] != w.reason {
+			t.Errorf("access line %d: reason %v, want %s", i, l["reason"], w.reason)
+		}
+		// Each call made one upstream request, whose id the line names.
+		if got, want := l["upstream_request_id"], requests[i].Header.Get("X-Request-Id"); got == nil || got == "" {
+			t.Errorf("access line %d: no upstream_request_id (upstream request header %q)", i, want)
+		}
+		if _, ok := l["duration"]; !ok {
+			t.Errorf("access line %d: no duration", i)
+		}
+		if w.traced && l["trace_id"] != traceID {
+			t.Errorf("access line %d: trace_id %v, want the caller's %s", i, l["trace_id"], traceID)
+		}
+	}
+}
+
+// TestTraceReachesUpstream checks that a caller's W3C traceparent reaches
+// the upstream with the same trace id, through gRPC and through the REST
+// mirror's in-process hop, and that the server records its spans in it.
+func TestTraceReachesUpstream(t *testing.T) {
+	t.Parallel()
+	exporter := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	s := servertest.StartWith(t, func(cfg *server.Config) { cfg.TracerProvider = tp })
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100})
+
+	for _, tc := range []struct {
+		name, traceID string
+		call          func(traceparent string) error
+	}{
+		{"grpc", "0af7651916cd43dd8448eb211c80319c", func(tp string) error {
+			ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token, "traceparent", tp)
+			stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+			if err != nil {
+				return err
+			}
+			for {
+				if _, err := stream.Recv(); err == io.EOF {
+					return nil
+				} else if err != nil {
+					return err
+				}
+			}
+		}},
+		{"rest", "5b8efff798038103d269b633813fc60c", func(tp string) error {
+			resp, _, err := s.Get(t, logPath("stage1"), token, "traceparent", tp)
+			if err == nil && resp.StatusCode != http.StatusOK {
+				return status.Errorf(codes.Unknown, "status %d", resp.StatusCode)
+			}
+			return err
+		}},
+	} {
+		// Sequential: each call is matched with the upstream's last request.
+		if err := tc.call("00-" + tc.traceID + "-b7ad6b7169203331-01"); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		reqs := s.Upstream.Requests()
+		got := reqs[len(reqs)-1].Header.Get("Traceparent")
+		parts := strings.Split(got, "-")
+		if len(parts) != 4 || parts[1] != tc.traceID {
+			t.Errorf("%s: upstream got traceparent %q, want trace id %s", tc.name, got, tc.traceID)
+		}
+		if len(parts) == 4 && parts[2] == "b7ad6b7169203331" {
+			t.Errorf("%s: upstream got the caller's own span id: buildlogd's spans are missing from the trace", tc.name)
+		}
+		var names []string
+		for _, span := range exporter.GetSpans() {
+			if span.SpanContext.TraceID().String() == tc.traceID {
+				names = append(names, span.Name)
+			}
+		}
+		joined := strings.Join(names, ", ")
+		for _, want := range []string{"buildlog.v1.BuildLogService/DownloadTaskLog", "upstream GET /v4/{record_id}/task-log"} {
+			if !strings.Contains(joined, want) {
+				t.Errorf("%s: spans in the trace: %s; want one named %q", tc.name, joined, want)
+			}
+		}
+	}
+}
