@@ -217,7 +217,7 @@ func buildServer() (string, error) {
 }
 
 func startServer(bin, upstreamURL string, chunk int) (*server, error) {
-	cmd := exec.Command(bin, "--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--chunk-size", strconv.Itoa(chunk))
+	cmd := exec.Command(bin, "--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off", "--chunk-size", strconv.Itoa(chunk))
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -49,7 +49,7 @@ func (s *Server) observeStreams(srv any, ss grpc.ServerStream, info *grpc.Stream
 		slog.String("path", path),
 		slog.String("code", st.Code().String()),
 		slog.Int64("bytes", obs.bytes),
-		slog.Duration("duration", elapsed),
+		slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
 	}
 	if obs.req != nil {
 		attrs = append(attrs,

@@ -331,8 +331,8 @@ func TestLogsAndMetricsNeverHoldTokens(t *testing.T) {
 		if got, want := l["upstream_request_id"], requests[i].Header.Get("X-Request-Id"); got == nil || got == "" {
 			t.Errorf("access line %d: no upstream_request_id (upstream request header %q)", i, want)
 		}
-		if _, ok := l["duration"]; !ok {
-			t.Errorf("access line %d: no duration", i)
+		if _, ok := l["duration_ms"]; !ok {
+			t.Errorf("access line %d: no duration_ms", i)
 		}
 		if w.traced && l["trace_id"] != traceID {
 			t.Errorf("access line %d: trace_id %v, want the caller's %s", i, l["trace_id"], traceID)

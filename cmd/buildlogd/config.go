@@ -31,6 +31,7 @@ type config struct {
 	maxResumes      int
 	maxDownloads    int
 	demo            bool
+	obs             obsConfig // admin endpoints, logs, keepalive (observability.go)
 }
 
 // parseConfig reads flags, then BUILDLOG_<FLAG> variables for flags not
@@ -57,6 +58,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	fs.IntVar(&cfg.attempts, "upstream-attempts", upstream.DefaultRetryPolicy.Attempts, "how many times a failing upstream request is tried (502/503/504, network busy, connection errors), the first included; 1 turns retries and resumption off")
 	fs.IntVar(&cfg.maxResumes, "upstream-max-resumes", upstream.DefaultRetryPolicy.MaxResumes, "how many times one download may resume after the upstream's body broke off")
 	fs.IntVar(&cfg.maxDownloads, "max-downloads", server.DefaultMaxDownloads, "most downloads in flight, gRPC and REST together; beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429)")
+	addObsFlags(fs, &cfg.obs)
 	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: buildlogd [flags]\n\n"+
@@ -117,6 +119,9 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 		if n.value < n.min || n.value > n.max {
 			return nil, fmt.Errorf("--%s %d is out of range: use %d to %d", n.name, n.value, n.min, n.max)
 		}
+	}
+	if err := cfg.obs.check(); err != nil {
+		return nil, err
 	}
 	return &cfg, nil
 }

@@ -45,7 +45,7 @@ func startDemoUpstream() (*upstreamtest.Server, error) {
 }
 
 // printDemo prints commands that exercise the demo server.
-func printDemo(w io.Writer, grpcAddr, httpAddr net.Addr) {
+func printDemo(w io.Writer, grpcAddr, httpAddr, adminAddr net.Addr) {
 	g, h := dialable(grpcAddr), dialable(httpAddr)
 	r := strings.NewReplacer("{grpc}", g, "{http}", h, "{token}", demoToken, "{small}", demoRecordSmall, "{large}", demoRecordLarge)
 	fmt.Fprint(w, r.Replace(`
@@ -65,8 +65,11 @@ gRPC with the CLI:
 gRPC with grpcurl (server reflection is on; data is base64 in grpcurl's JSON):
   grpcurl -plaintext -H 'x-auth-token: {token}' -d '{"record_id":"{small}","task_name":"stage1"}' {grpc} buildlog.v1.BuildLogService/DownloadTaskLog
 
-Press Ctrl-C to stop.
 `))
+	if adminAddr != nil {
+		fmt.Fprintf(w, "Admin endpoints: http://%[1]s/metrics, http://%[1]s/readyz, http://%[1]s/healthz\n\n", dialable(adminAddr))
+	}
+	fmt.Fprint(w, "Press Ctrl-C to stop.\n")
 }
 
 // dialable turns a listen address into one a client on this machine can

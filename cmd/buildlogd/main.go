@@ -13,10 +13,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/upstream"
@@ -25,6 +27,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// grpclog is process-wide and must be set before gRPC starts, so it is
+	// set here rather than in run, which tests call concurrently.
+	if cfg, err := parseConfig(os.Args[1:], os.LookupEnv, io.Discard); err == nil {
+		grpclog.SetLoggerV2(newGRPCLogger(cfg.obs.newLogger(os.Stderr)))
+	}
 	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
@@ -40,7 +47,20 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+	logger := cfg.obs.newLogger(stderr)
+	tp, stopTracing, err := newTracerProvider(ctx, getenv)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Flush the last spans; the process is exiting, so a dead collector
+		// must not hold it up for long.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(ctx); err != nil {
+			logger.Warn("flush traces", "error", err.Error())
+		}
+	}()
 	endpoint := cfg.endpoint
 	if cfg.demo {
 		demo, err := startDemoUpstream()
@@ -59,6 +79,10 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		ChunkSize:       cfg.chunkSize,
 		ShutdownTimeout: cfg.shutdownTimeout,
 		Logger:          logger,
+		AdminAddr:       cfg.obs.adminAddr,
+		Pprof:           cfg.obs.pprof,
+		Keepalive:       &cfg.obs.keepalive,
+		TracerProvider:  tp,
 
 		UpstreamHeaderTimeout:  cfg.headerTimeout,
 		UpstreamIdleTimeout:    cfg.idleTimeout,
@@ -70,7 +94,7 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		return err
 	}
 	if cfg.demo {
-		printDemo(stdout, srv.GRPCAddr(), srv.HTTPAddr())
+		printDemo(stdout, srv.GRPCAddr(), srv.HTTPAddr(), srv.AdminAddr())
 	}
 	return srv.Serve(ctx)
 }

@@ -131,6 +131,7 @@ func TestParseConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseConfig() error = %v", err)
 			}
+			got.obs = obsConfig{} // TestObsFlags checks these
 			if *got != tt.want {
 				t.Errorf("parseConfig() = %+v\nwant %+v", *got, tt.want)
 			}
@@ -160,7 +161,7 @@ func TestRunDemo(t *testing.T) {
 	stdout, w := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, env(nil), w, io.Discard)
+		done <- run(ctx, []string{"--demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, env(nil), w, io.Discard)
 		w.Close()
 	}()
 
@@ -198,7 +199,7 @@ func TestRunDemo(t *testing.T) {
 
 func TestRunRefusesBadConfig(t *testing.T) {
 	t.Parallel()
-	err := run(context.Background(), []string{"--upstream", "ftp://example.com", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, env(nil), io.Discard, io.Discard)
+	err := run(context.Background(), []string{"--upstream", "ftp://example.com", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, env(nil), io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "scheme") {
 		t.Errorf("run() = %v, want an error about the upstream scheme", err)
 	}
