@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -19,8 +20,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
-	"log/slog"
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
@@ -401,6 +402,30 @@ func TestTraceReachesUpstream(t *testing.T) {
 			if !strings.Contains(joined, want) {
 				t.Errorf("%s: spans in the trace: %s; want one named %q", tc.name, joined, want)
 			}
+		}
+	}
+}
+
+// TestReflectionServesErrorDetails checks that reflection can describe the
+// status detail types, so grpcurl prints ErrorInfo and the others decoded.
+func TestReflectionServesErrorDetails(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	stream, err := reflectionpb.NewServerReflectionClient(s.Conn).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.CloseSend()
+	for _, symbol := range []string{"google.rpc.ErrorInfo", "google.rpc.RetryInfo", "google.rpc.RequestInfo", "google.rpc.BadRequest"} {
+		if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: symbol}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := resp.GetErrorResponse(); e != nil || len(resp.GetFileDescriptorResponse().GetFileDescriptorProto()) == 0 {
+			t.Errorf("reflection of %s: %v, want its file", symbol, e)
 		}
 	}
 }
