@@ -8,9 +8,11 @@ TOOL := go tool -modfile=tools/go.mod
 
 .PHONY: generate lint test bench ci breaking-baseline
 
-## generate: regenerate gen/ from proto/
+## generate: regenerate gen/ and the Python example's stubs from proto/
+## (the latter needs Debian's protobuf-compiler and protobuf-compiler-grpc)
 generate:
 	$(TOOL) buf generate
+	$(TOOL) buf generate --template buf.gen.python.yaml
 
 ## lint: gofmt, go vet, staticcheck, buf lint/format/breaking
 lint:
