@@ -45,7 +45,7 @@ func New(ctx context.Context, client buildlogv1.BuildLogServiceClient) (http.Han
 	if err := buildlogv1.RegisterBuildLogServiceHandlerClient(ctx, mux, client); err != nil {
 		return nil, err
 	}
-	return prepare(mux), nil
+	return withOpenAPI(prepare(mux)), nil
 }
 
 // incomingHeader forwards X-Auth-Token to the service as the token metadata
