@@ -29,17 +29,21 @@ func (g grpcLogger) log(level slog.Level, msg string) {
 	g.l.Log(context.Background(), level, msg)
 }
 
-func (g grpcLogger) Info(args ...any)                 { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
-func (g grpcLogger) Infoln(args ...any)               { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
-func (g grpcLogger) Infof(format string, args ...any) { g.log(slog.LevelDebug, fmt.Sprintf(format, args...)) }
-func (g grpcLogger) Warning(args ...any)              { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
-func (g grpcLogger) Warningln(args ...any)            { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
+func (g grpcLogger) Info(args ...any)   { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
+func (g grpcLogger) Infoln(args ...any) { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
+func (g grpcLogger) Infof(format string, args ...any) {
+	g.log(slog.LevelDebug, fmt.Sprintf(format, args...))
+}
+func (g grpcLogger) Warning(args ...any)   { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
+func (g grpcLogger) Warningln(args ...any) { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
 func (g grpcLogger) Warningf(format string, args ...any) {
 	g.log(slog.LevelWarn, fmt.Sprintf(format, args...))
 }
-func (g grpcLogger) Error(args ...any)                 { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
-func (g grpcLogger) Errorln(args ...any)               { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
-func (g grpcLogger) Errorf(format string, args ...any) { g.log(slog.LevelWarn, fmt.Sprintf(format, args...)) }
+func (g grpcLogger) Error(args ...any)   { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
+func (g grpcLogger) Errorln(args ...any) { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
+func (g grpcLogger) Errorf(format string, args ...any) {
+	g.log(slog.LevelWarn, fmt.Sprintf(format, args...))
+}
 
 // Fatal logs and exits, as grpclog requires.
 func (g grpcLogger) Fatal(args ...any) { g.fatal(fmt.Sprint(args...)) }
