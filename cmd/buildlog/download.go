@@ -30,8 +30,21 @@ stdout, or to a file with -o. The file is written under a temporary name and
 renamed when the whole log has arrived; after a failure nothing is left
 behind and the exit status is 1.
 
+With -o and stderr on a terminal, a progress bar shows the bytes received
+(and the total, when the server announced the log's size).
+
+On stdout, a download that breaks off says how many bytes were written and
+how to append the rest with --offset. Errors are one line naming the gRPC
+code, the message, the upstream error code and request id; the exit status
+is 1 (2 for a command line that cannot run).
+
 The IAM token comes from --token or, better (command lines are visible to
 other users of the machine), from the BUILDLOG_TOKEN environment variable.
+
+Examples:
+  buildlog download --addr localhost:9090 --record-id ID --task-name stage1 > stage1.log
+  buildlog download --addr localhost:9090 --record-id ID --task-name stage2 --log-level debug -o stage2.log
+  buildlog download --addr localhost:9090 --record-id ID --task-name stage1 --offset 51000 >> stage1.log
 
 Flags:
 `

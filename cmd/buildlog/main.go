@@ -24,8 +24,23 @@ import (
 
 const usage = `Usage: buildlog <command> [flags]
 
+buildlog downloads Huawei Cloud CodeArts Build action logs from a buildlogd
+server (buildlog.v1.BuildLogService over gRPC), with your own IAM token.
+
 Commands:
   download   download one build action log (buildlog download --help)
+  help       show this help
+
+Environment:
+  BUILDLOG_TOKEN   the IAM token, when --token is not given
+
+Exit status: 0 on success, 1 when the download failed (the message names
+the gRPC code, the upstream's error code and request id), 2 for a command
+line that cannot run.
+
+Example:
+  export BUILDLOG_TOKEN="$(cat my-iam-token)"
+  buildlog download --addr localhost:9090 --record-id <36-character id> --task-name stage1 -o stage1.log
 `
 
 // exitUsage is the exit status for a command line that could not be parsed.
