@@ -429,3 +429,27 @@ func TestReflectionServesErrorDetails(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryAndResumeMetrics makes the upstream fail once before the first
+// byte and once in the body, and checks both are counted.
+func TestRetryAndResumeMetrics(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	const size = 64 << 10
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
+	s.Upstream.Inject(upstreamtest.ErrorFault(http.StatusServiceUnavailable, "", "unavailable"))
+	s.Upstream.Inject(upstreamtest.Fault{Cut: true, CutAfter: 10 << 10})
+	if data, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"}); err != nil || len(data) != size {
+		t.Fatalf("download through a retry and a resume: %d bytes, %v; want all %d", len(data), err, size)
+	}
+	_, families := scrape(t, s)
+	if v, _ := metricValue(families, "buildlog_upstream_retries_total", map[string]string{}); v != 1 {
+		t.Errorf("buildlog_upstream_retries_total = %v, want 1", v)
+	}
+	if v, _ := metricValue(families, "buildlog_upstream_resumes_total", map[string]string{}); v != 1 {
+		t.Errorf("buildlog_upstream_resumes_total = %v, want 1", v)
+	}
+	if v, _ := metricValue(families, "buildlog_upstream_requests_total", map[string]string{"status": "503"}); v != 1 {
+		t.Errorf("buildlog_upstream_requests_total{status=503} = %v, want 1", v)
+	}
+}

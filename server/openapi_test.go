@@ -107,6 +107,15 @@ func TestOpenAPIDescribesTheMirror(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK || len(body) != 10 {
 		t.Errorf("GET %s as documented: status %d, %d bytes, %v; want 200 and 10 bytes", path, resp.StatusCode, len(body), err)
 	}
+	resp, body, err = s.Get(t, strings.Replace(route, "{record_id}", recordID, 1)+"?task_name=stage1", token, "Range", "bytes=10-19")
+	if err != nil || resp.StatusCode != http.StatusPartialContent || len(body) != 10 || resp.Header.Get("Content-Range") != "bytes 10-19/100" {
+		t.Errorf("GET with Range bytes=10-19 as documented: status %d, Content-Range %q, %d bytes, %v; want 206, bytes 10-19/100",
+			resp.StatusCode, resp.Header.Get("Content-Range"), len(body), err)
+	}
+	resp, _, _ = s.Get(t, strings.Replace(route, "{record_id}", recordID, 1)+"?task_name=stage1", token, "Range", "bytes=200-")
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Errorf("GET with Range past the end: status %d, want 416 as documented", resp.StatusCode)
+	}
 	resp, body, _ = s.Get(t, strings.Replace(route, "{record_id}", "bad", 1)+"?task_name=stage1", token)
 	var e map[string]any
 	if err := json.Unmarshal(body, &e); err != nil || resp.StatusCode != http.StatusBadRequest || e["error_code"] == nil || e["error_msg"] == nil {
