@@ -43,7 +43,8 @@ type Server struct {
 // Start runs bin on loopback ports with the given extra flags, and waits
 // until it logs that it is serving.
 func Start(bin string, flags ...string) (*Server, error) {
-	cmd := exec.Command(bin, append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, flags...)...)
+	// No admin listener: its default port is fixed, and benchmarks need none.
+	cmd := exec.Command(bin, append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off"}, flags...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
