@@ -92,6 +92,9 @@ type Client struct {
 	retry          RetryPolicy
 	// transportWrappers wrap the HTTP transport (WithTransportWrapper).
 	transportWrappers []func(http.RoundTripper) http.RoundTripper
+	// credentials and transportOptions: see credentials.go and tls.go.
+	credentials      Credentials
+	transportOptions []func(*http.Transport)
 }
 
 // Option configures a [Client].
@@ -169,6 +172,9 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	t.MaxConnsPerHost = c.maxConns
 	t.MaxIdleConnsPerHost = c.maxConns
 	t.MaxIdleConns = c.maxConns
+	for _, opt := range c.transportOptions {
+		opt(t)
+	}
 	c.httpClient = &http.Client{Transport: c.wrapTransport(t), CheckRedirect: checkRedirect}
 	return c, nil
 }
@@ -293,11 +299,14 @@ func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Respo
 	if err != nil {
 		return nil, fmt.Errorf("build upstream request: %w", err)
 	}
-	hreq.Header.Set("X-Auth-Token", req.Token)
 	hreq.Header.Set("Accept", "application/octet-stream, application/json;q=0.9, */*;q=0.1")
 	hreq.Header.Set("User-Agent", userAgent)
 	if ranged {
 		hreq.Header.Set("Range", rangeHeader(req.Offset, req.Limit))
+	}
+	secret, err := c.authorize(ctx, hreq, req.Token)
+	if err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	resp, err := c.httpClient.Do(hreq)
@@ -313,7 +322,7 @@ func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Respo
 		return resp, nil
 	}
 	defer resp.Body.Close()
-	uerr := parseError(resp, req.Token)
+	uerr := parseError(resp, secret)
 	c.observer.Exchange(resp.StatusCode, uerr.Code, elapsed)
 	return nil, uerr
 }

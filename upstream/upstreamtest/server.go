@@ -137,6 +137,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	tokens   map[string]bool
+	auth     authState // AK/SK keys and the fake IAM: auth.go
 	logs     map[logKey]Log
 	faults   []*Fault
 	requests []Request
@@ -227,6 +228,10 @@ func (s *Server) BytesSent() int64 { return s.sent.Load() }
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	requestID := newRequestID()
 	w.Header().Set("X-Request-Id", requestID)
+	if r.URL.Path == iamTokensPath {
+		s.serveIAM(w, r)
+		return
+	}
 
 	recordID, ok := parsePath(r.URL.Path)
 	done := make(chan struct{})
@@ -292,7 +297,7 @@ func (s *Server) record(r *http.Request, recordID string, done <-chan struct{}) 
 		break
 	}
 	log, found := s.logs[logKey{recordID, r.URL.Query().Get("task_name")}]
-	return fault, s.tokens[r.Header.Get("X-Auth-Token")], log, found
+	return fault, s.authorized(r), log, found
 }
 
 // applyFault applies the parts of f that act before the answer, and answers
