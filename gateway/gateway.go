@@ -28,9 +28,11 @@ import (
 )
 
 // New returns the REST mirror's handler, which calls client for every
-// request.
-func New(ctx context.Context, client buildlogv1.BuildLogServiceClient) (http.Handler, error) {
-	mux := runtime.NewServeMux(
+// request. extra options are applied after the mirror's own, such as a
+// runtime.WithMetadata that passes what the server learnt of the HTTP
+// caller to the service.
+func New(ctx context.Context, client buildlogv1.BuildLogServiceClient, extra ...runtime.ServeMuxOption) (http.Handler, error) {
+	mux := runtime.NewServeMux(append([]runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &logMarshaler{}),
 		runtime.WithForwardResponseRewriter(toHTTPBody),
 		runtime.WithForwardResponseOption(setLogHeaders),
@@ -41,7 +43,7 @@ func New(ctx context.Context, client buildlogv1.BuildLogServiceClient) (http.Han
 		runtime.WithErrorHandler(handleError),
 		runtime.WithStreamErrorHandler(handleStreamError),
 		runtime.WithRoutingErrorHandler(handleRoutingError),
-	)
+	}, extra...)...)
 	if err := buildlogv1.RegisterBuildLogServiceHandlerClient(ctx, mux, client); err != nil {
 		return nil, err
 	}

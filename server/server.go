@@ -111,6 +111,20 @@ type Config struct {
 	// TracerProvider records spans; default otel.GetTracerProvider() (a
 	// no-op unless the program installs one).
 	TracerProvider trace.TracerProvider
+
+	// Security (see auth.go and tls.go). TLSCertFile and TLSKeyFile serve
+	// both listeners over TLS only; the files are reloaded when they change.
+	// TLSClientCAFile also requires client certificates it verifies (mTLS).
+	TLSCertFile, TLSKeyFile, TLSClientCAFile string
+	// CallerTokensFile lists bearer tokens that authenticate callers, one a
+	// line, re-read when it changes.
+	CallerTokensFile string
+	// UpstreamTLS is the trust for the upstream; default the system roots.
+	UpstreamTLS upstream.TLS
+	// Credentials, when set, are the server's own upstream credentials,
+	// used for callers that send no token and are authenticated by a client
+	// certificate or a caller token; one of those must be configured.
+	Credentials upstream.Credentials
 }
 
 // Server is an assembled, listening daemon. Run it with [Server.Serve].
@@ -155,6 +169,11 @@ func New(cfg Config) (*Server, error) {
 	tr := tracing{tp: cfg.TracerProvider}
 	m := newMetrics()
 
+	sec, err := newSecurity(cfg)
+	if err != nil {
+		return nil, err
+	}
+
 	cfg.UpstreamHeaderTimeout = cmp.Or(cfg.UpstreamHeaderTimeout, upstream.DefaultHeaderTimeout)
 	cfg.UpstreamIdleTimeout = cmp.Or(cfg.UpstreamIdleTimeout, upstream.DefaultIdleTimeout)
 	cfg.UpstreamConnectTimeout = cmp.Or(cfg.UpstreamConnectTimeout, upstream.DefaultConnectTimeout)
@@ -162,30 +181,30 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxDownloads < 1 || cfg.MaxDownloads > 1<<20 {
 		return nil, fmt.Errorf("max downloads %d is out of range [1, %d]", cfg.MaxDownloads, 1<<20)
 	}
-	up, err := upstream.New(cfg.Upstream,
+	up, err := upstream.New(cfg.Upstream, append([]upstream.Option{
 		upstream.WithConnectTimeout(cfg.UpstreamConnectTimeout),
 		upstream.WithHeaderTimeout(cfg.UpstreamHeaderTimeout),
 		upstream.WithIdleTimeout(cfg.UpstreamIdleTimeout),
 		upstream.WithRetry(*cmp.Or(cfg.UpstreamRetry, &upstream.DefaultRetryPolicy)),
 		upstream.WithMaxConns(cfg.MaxDownloads),
 		upstream.WithObserver(m),
-		tr.upstreamOption())
+		tr.upstreamOption()}, sec.upOpts...)...)
 	if err != nil {
 		return nil, err
 	}
-	svc, err := service.New(up, service.WithChunkSize(cfg.ChunkSize), service.WithMaxDownloads(cfg.MaxDownloads))
+	svc, err := service.New(up, append([]service.Option{service.WithChunkSize(cfg.ChunkSize), service.WithMaxDownloads(cfg.MaxDownloads)}, sec.svcOpts...)...)
 	if err != nil {
 		return nil, err
 	}
 
 	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize), upstream: up, metrics: m}
 	maxStreams := uint32(cfg.MaxDownloads + streamsBeyondDownloads)
-	s.grpcServer = grpc.NewServer(append(cfg.Keepalive.serverOptions(),
+	s.grpcServer = grpc.NewServer(append(append(cfg.Keepalive.serverOptions(),
 		grpc.MaxConcurrentStreams(maxStreams),
 		tr.serverOption(),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.observeStreams),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
-	)...)
+	), sec.grpcOpts...)...)
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
@@ -203,7 +222,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect the REST mirror to the service: %w", err)
 	}
-	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(s.gatewayCC))
+	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(s.gatewayCC), sec.gatewayOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("build the REST mirror: %w", err)
 	}
@@ -222,6 +241,7 @@ func New(cfg Config) (*Server, error) {
 		s.grpcLn.Close()
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
+	s.httpLn = sec.listenHTTP(s.httpLn)
 	if err := s.listenAdmin(); err != nil {
 		s.grpcLn.Close()
 		s.httpLn.Close()
@@ -254,7 +274,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 	}
 	serve("serve gRPC", func() error { return s.grpcServer.Serve(s.grpcLn) })
-	serve("serve in-process gRPC", func() error { return s.grpcServer.Serve(s.inprocLn) })
+	serve("serve in-process gRPC", func() error { return s.grpcServer.Serve(inprocListener{s.inprocLn}) })
 	serve("serve HTTP", func() error { return s.httpServer.Serve(s.httpLn) })
 	if s.adminLn != nil {
 		serve("serve admin HTTP", func() error { return s.adminServer.Serve(s.adminLn) })

@@ -70,6 +70,12 @@ const (
 	ReasonUpstreamProtocolError      = "UPSTREAM_PROTOCOL_ERROR"
 	ReasonLogChanged                 = "LOG_CHANGED"
 	ReasonOverloaded                 = "OVERLOADED"
+
+	// The server's own upstream credentials (used for authenticated callers
+	// without a token) could not be obtained: IAM unreachable or failing,
+	// or refusing the server's password.
+	ReasonCredentialsUnavailable = "SERVER_CREDENTIALS_UNAVAILABLE"
+	ReasonCredentialsRejected    = "SERVER_CREDENTIALS_REJECTED"
 )
 
 // defaultThrottleDelay is the RetryInfo delay for throttling answers that
@@ -197,6 +203,7 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		protoErr    *upstream.ProtocolError
 		changed     *upstream.ChangedError
 		overloaded  *overloadedError
+		credErr     *upstream.CredentialsError
 	)
 	switch {
 	case errors.As(err, &overloaded):
@@ -225,6 +232,8 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		return withDetails(newStatus(codes.Unavailable, capMessage(msg), ReasonUpstreamInterrupted, md), extra...)
 	case errors.As(err, &upErr):
 		return upstreamStatus(upErr)
+	case errors.As(err, &credErr):
+		return credentialsStatus(credErr)
 	case errors.As(err, &protoErr):
 		return newStatus(codes.Internal, capMessage(protoErr.Error()), ReasonUpstreamProtocolError, nil)
 	}
@@ -235,6 +244,20 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		return newStatus(codes.Unavailable, capMessage("the upstream did not answer in time: "+err.Error()), ReasonUpstreamTimeout, nil)
 	}
 	return newStatus(codes.Unavailable, capMessage("cannot reach the upstream: "+err.Error()), ReasonUpstreamUnreachable, nil)
+}
+
+// credentialsStatus converts a failure to obtain the server's credentials:
+// UNAVAILABLE when it may pass (IAM down), INTERNAL when the server's
+// configuration is wrong. The message names the step and IAM's status only.
+func credentialsStatus(e *upstream.CredentialsError) *status.Status {
+	var md map[string]string
+	if e.StatusCode != 0 {
+		md = map[string]string{MetadataHTTPStatus: strconv.Itoa(e.StatusCode)}
+	}
+	if e.Temporary {
+		return newStatus(codes.Unavailable, capMessage(e.Error()), ReasonCredentialsUnavailable, md)
+	}
+	return newStatus(codes.Internal, capMessage(e.Error()), ReasonCredentialsRejected, md)
 }
 
 // upstreamStatus converts an upstream error answer, following

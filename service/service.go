@@ -57,6 +57,8 @@ type Server struct {
 	chunkSize int
 	buffers   sync.Pool     // of *[]byte with len chunkSize
 	slots     chan struct{} // one per download in flight; nil: no limit
+
+	serverCredentials bool // see auth.go
 }
 
 // Option configures a [Server].
@@ -98,7 +100,7 @@ func New(source LogSource, opts ...Option) (*Server, error) {
 // DownloadTaskLog implements buildlogv1.BuildLogServiceServer.
 func (s *Server) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
 	ctx := stream.Context()
-	token, err := tokenFromContext(ctx)
+	token, err := s.callerToken(ctx)
 	if err == nil {
 		err = validate(req)
 	}

@@ -48,7 +48,7 @@ func newCredentialsUpstream(t *testing.T, creds func(up *upstreamtest.Server) up
 	return up, c
 }
 
-func download(c *upstream.Client, tok string) (string, error) {
+func fetchLog(c *upstream.Client, tok string) (string, error) {
 	log, err := c.DownloadTaskLog(context.Background(), upstream.Request{RecordID: recordID, TaskName: "stage 1/ü", Token: tok})
 	if err != nil {
 		return "", err
@@ -83,7 +83,7 @@ func TestAKSKSigning(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			up, c := newCredentialsUpstream(t, signer(t, tt.ak, tt.sk))
-			got, err := download(c, "")
+			got, err := fetchLog(c, "")
 			if tt.wantStatus == 0 {
 				if err != nil || got != "signed log\n" {
 					t.Fatalf("download = %q, %v; want the log", got, err)
@@ -150,7 +150,7 @@ func TestAKSKSignatureIsBound(t *testing.T) {
 func TestCallerTokenWinsOverCredentials(t *testing.T) {
 	t.Parallel()
 	up, c := newCredentialsUpstream(t, signer(t, accessKey, secretKey))
-	if _, err := download(c, token); err != nil {
+	if _, err := fetchLog(c, token); err != nil {
 		t.Fatal(err)
 	}
 	h := up.Requests()[0].Header
@@ -200,7 +200,7 @@ func TestIAMTokenCachedAndRefreshed(t *testing.T) {
 		return src
 	})
 	for range 3 {
-		if _, err := download(c, ""); err != nil {
+		if _, err := fetchLog(c, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -211,7 +211,7 @@ func TestIAMTokenCachedAndRefreshed(t *testing.T) {
 
 	// Within RefreshBefore of expiry, but not expired: replaced anyway.
 	clock.Advance(55 * time.Minute)
-	if _, err := download(c, ""); err != nil {
+	if _, err := fetchLog(c, ""); err != nil {
 		t.Fatal(err)
 	}
 	if got := up.IAMRequestCount(); got != 2 {
@@ -225,7 +225,7 @@ func TestIAMTokenCachedAndRefreshed(t *testing.T) {
 	// Past expiry, with IAM down: no usable token.
 	clock.Advance(2 * time.Hour)
 	up.FailIAM(http.StatusServiceUnavailable)
-	_, err := download(c, "")
+	_, err := fetchLog(c, "")
 	var ce *upstream.CredentialsError
 	if !errors.As(err, &ce) || !ce.Temporary {
 		t.Fatalf("download during an IAM outage = %v, want a temporary CredentialsError", err)
@@ -234,7 +234,7 @@ func TestIAMTokenCachedAndRefreshed(t *testing.T) {
 		t.Errorf("error %q contains a credential", err)
 	}
 	up.FailIAM(0)
-	if _, err := download(c, ""); err != nil {
+	if _, err := fetchLog(c, ""); err != nil {
 		t.Errorf("download after the outage = %v, want success", err)
 	}
 }
@@ -248,12 +248,12 @@ func TestIAMOutageKeepsValidToken(t *testing.T) {
 		up.SetIAMTokenTTL(time.Hour)
 		return newIAM(t, up, clock, password)
 	})
-	if _, err := download(c, ""); err != nil {
+	if _, err := fetchLog(c, ""); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(55 * time.Minute) // due for refresh, 5 minutes left
 	up.FailIAM(http.StatusInternalServerError)
-	if _, err := download(c, ""); err != nil {
+	if _, err := fetchLog(c, ""); err != nil {
 		t.Errorf("download with a valid cached token during an outage = %v, want success", err)
 	}
 	if got := up.IAMRequestCount(); got != 2 {
@@ -267,7 +267,7 @@ func TestIAMWrongPassword(t *testing.T) {
 	_, c := newCredentialsUpstream(t, func(up *upstreamtest.Server) upstream.Credentials {
 		return newIAM(t, up, clock, "wrong-"+password)
 	})
-	_, err := download(c, "")
+	_, err := fetchLog(c, "")
 	var ce *upstream.CredentialsError
 	if !errors.As(err, &ce) || ce.Temporary || ce.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("download = %v, want a permanent CredentialsError with HTTP 401", err)
@@ -377,7 +377,7 @@ func TestUpstreamTLSTrust(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.CloseIdleConnections()
-			got, err := download(c, token)
+			got, err := fetchLog(c, token)
 			var certErr *tls.CertificateVerificationError
 			switch {
 			case tt.wantErr && !errors.As(err, &certErr):
