@@ -225,7 +225,11 @@ func TestIAMTokenCachedAndRefreshed(t *testing.T) {
 	// Past expiry, with IAM down: no usable token.
 	clock.Advance(2 * time.Hour)
 	up.FailIAM(http.StatusServiceUnavailable)
+	iamBefore := up.IAMRequestCount()
 	_, err := fetchLog(c, "")
+	if got := up.IAMRequestCount() - iamBefore; got != 1 {
+		t.Errorf("IAM requests for one download during an outage = %d, want 1 (not retried)", got)
+	}
 	var ce *upstream.CredentialsError
 	if !errors.As(err, &ce) || !ce.Temporary {
 		t.Fatalf("download during an IAM outage = %v, want a temporary CredentialsError", err)

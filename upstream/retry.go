@@ -82,6 +82,7 @@ func retryable(ctx context.Context, err error) (string, bool) {
 		authErr  x509.UnknownAuthorityError
 		hostErr  x509.HostnameError
 		certInv  x509.CertificateInvalidError
+		credErr  *CredentialsError // the token source keeps its own state; IAM is not retried here
 	)
 	switch {
 	case errors.As(err, &upErr):
@@ -92,7 +93,8 @@ func retryable(ctx context.Context, err error) (string, bool) {
 			return strconv.Itoa(upErr.StatusCode), true
 		}
 		return "", false
-	case errors.As(err, &protoErr), errors.As(err, &certErr), errors.As(err, &authErr), errors.As(err, &hostErr), errors.As(err, &certInv):
+	case errors.As(err, &protoErr), errors.As(err, &certErr), errors.As(err, &authErr), errors.As(err, &hostErr), errors.As(err, &certInv),
+		errors.As(err, &credErr):
 		return "", false
 	}
 	var opErr *net.OpError
