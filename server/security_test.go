@@ -24,6 +24,7 @@ import (
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
+	"github.com/buildlog/buildlog/server/servertest"
 	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
@@ -65,8 +66,8 @@ type secureStack struct {
 	grpcAddr   string
 	httpAddr   string
 	dir        string // holds the TLS and token files
-	serverCA   *testCA
-	clientCA   *testCA
+	serverCA   *servertest.CA
+	clientCA   *servertest.CA
 	tokensFile string
 	logs       *logBuffer
 }
@@ -118,17 +119,17 @@ func startSecure(t *testing.T, o stackOptions) *secureStack {
 		Logger:   slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if o.tls || o.mtls {
-		s.serverCA = newTestCA(t, "server CA")
-		certPEM, keyPEM, _ := s.serverCA.issue(t, "buildlog", true)
-		cfg.TLSCertFile = writeFile(t, s.dir, "tls.crt", certPEM)
-		cfg.TLSKeyFile = writeFile(t, s.dir, "tls.key", keyPEM)
+		s.serverCA = servertest.NewCA(t, "server CA")
+		certPEM, keyPEM, _ := s.serverCA.Issue(t, "buildlog", true)
+		cfg.TLSCertFile = servertest.WriteFile(t, s.dir, "tls.crt", certPEM)
+		cfg.TLSKeyFile = servertest.WriteFile(t, s.dir, "tls.key", keyPEM)
 	}
 	if o.mtls {
-		s.clientCA = newTestCA(t, "client CA")
-		cfg.TLSClientCAFile = writeFile(t, s.dir, "client-ca.crt", s.clientCA.pem)
+		s.clientCA = servertest.NewCA(t, "client CA")
+		cfg.TLSClientCAFile = servertest.WriteFile(t, s.dir, "client-ca.crt", s.clientCA.PEM)
 	}
 	if o.tokens {
-		s.tokensFile = writeFile(t, s.dir, "callers", []byte("# callers allowed the server's credentials\n\n"+callerBearer+"\n"))
+		s.tokensFile = servertest.WriteFile(t, s.dir, "callers", []byte("# callers allowed the server's credentials\n\n"+callerBearer+"\n"))
 		cfg.CallerTokensFile = s.tokensFile
 	}
 	if o.creds != nil {
@@ -154,7 +155,7 @@ func startSecure(t *testing.T, o stackOptions) *secureStack {
 // clientTLS returns a client configuration trusting the stack's server CA,
 // presenting certs.
 func (s *secureStack) clientTLS(certs ...tls.Certificate) *tls.Config {
-	return &tls.Config{RootCAs: s.serverCA.pool(), Certificates: certs, MinVersion: tls.VersionTLS12}
+	return &tls.Config{RootCAs: s.serverCA.Pool(), Certificates: certs, MinVersion: tls.VersionTLS12}
 }
 
 // grpcGet downloads the test log over gRPC with the given transport
@@ -252,16 +253,16 @@ func TestTLSListeners(t *testing.T) {
 func TestMTLSAcceptsOnlyClientsOfTheCA(t *testing.T) {
 	t.Parallel()
 	s := startSecure(t, stackOptions{mtls: true})
-	rogue := newTestCA(t, "rogue CA")
+	rogue := servertest.NewCA(t, "rogue CA")
 	tests := []struct {
 		name   string
 		certs  []tls.Certificate
 		wantOK bool
 	}{
-		{"certificate from the client CA", []tls.Certificate{s.clientCA.clientCert(t, "ci")}, true},
+		{"certificate from the client CA", []tls.Certificate{s.clientCA.ClientCert(t, "ci")}, true},
 		{"no certificate", nil, false},
-		{"certificate from another CA", []tls.Certificate{rogue.clientCert(t, "intruder")}, false},
-		{"server certificate of the server CA", []tls.Certificate{s.serverCA.clientCert(t, "wrong CA")}, false},
+		{"certificate from another CA", []tls.Certificate{rogue.ClientCert(t, "intruder")}, false},
+		{"server certificate of the server CA", []tls.Certificate{s.serverCA.ClientCert(t, "wrong CA")}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -295,14 +296,14 @@ func presentedSerial(t *testing.T, addr string, roots *x509.CertPool) string {
 func TestCertificatesReloadWithoutRestart(t *testing.T) {
 	t.Parallel()
 	s := startSecure(t, stackOptions{mtls: true})
-	roots := s.serverCA.pool()
+	roots := s.serverCA.Pool()
 	before := presentedSerial(t, s.grpcAddr, roots)
 
 	// A new certificate and key, written in place: the next handshake on
 	// either port presents it.
-	certPEM, keyPEM, serialNumber := s.serverCA.issue(t, "buildlog rotated", true)
-	writeFile(t, s.dir, "tls.crt", certPEM)
-	writeFile(t, s.dir, "tls.key", keyPEM)
+	certPEM, keyPEM, serialNumber := s.serverCA.Issue(t, "buildlog rotated", true)
+	servertest.WriteFile(t, s.dir, "tls.crt", certPEM)
+	servertest.WriteFile(t, s.dir, "tls.key", keyPEM)
 	for _, addr := range []string{s.grpcAddr, s.httpAddr} {
 		if got := presentedSerial(t, addr, roots); got != serialNumber.String() || got == before {
 			t.Errorf("%s presents serial %s after rotation, want %s (was %s)", addr, got, serialNumber, before)
@@ -311,20 +312,20 @@ func TestCertificatesReloadWithoutRestart(t *testing.T) {
 
 	// A half-written rotation (a key that does not match) keeps the last
 	// good pair, and says so in the log.
-	_, otherKey, _ := s.serverCA.issue(t, "unrelated", true)
-	writeFile(t, s.dir, "tls.key", otherKey)
+	_, otherKey, _ := s.serverCA.Issue(t, "unrelated", true)
+	servertest.WriteFile(t, s.dir, "tls.key", otherKey)
 	if got := presentedSerial(t, s.grpcAddr, roots); got != serialNumber.String() {
 		t.Errorf("after a mismatched key: serial %s, want the last good %s", got, serialNumber)
 	}
 	if !strings.Contains(s.logs.String(), "keeping the previous certificate") {
 		t.Errorf("logs %q: want a warning about the unusable TLS files", s.logs.String())
 	}
-	writeFile(t, s.dir, "tls.key", keyPEM)
+	servertest.WriteFile(t, s.dir, "tls.key", keyPEM)
 
 	// A new client CA: its clients get in, the old CA's no longer do.
-	oldClient := s.clientCA.clientCert(t, "old")
-	newCA := newTestCA(t, "client CA 2")
-	newClient := newCA.clientCert(t, "new")
+	oldClient := s.clientCA.ClientCert(t, "old")
+	newCA := servertest.NewCA(t, "client CA 2")
+	newClient := newCA.ClientCert(t, "new")
 	get := func(c tls.Certificate) bool {
 		_, err := s.grpcGet(t, credentials.NewTLS(s.clientTLS(c)), service.TokenMetadataKey, token)
 		return err == nil
@@ -332,7 +333,7 @@ func TestCertificatesReloadWithoutRestart(t *testing.T) {
 	if !get(oldClient) || get(newClient) {
 		t.Fatal("before the CA change: want the old CA's client accepted and the new one's refused")
 	}
-	writeFile(t, s.dir, "client-ca.crt", newCA.pem)
+	servertest.WriteFile(t, s.dir, "client-ca.crt", newCA.PEM)
 	if get(oldClient) || !get(newClient) {
 		t.Error("after the CA change: want the new CA's client accepted and the old one's refused")
 	}
@@ -436,7 +437,7 @@ func TestServerCredentialsOnlyForAuthenticatedCallers(t *testing.T) {
 func TestServerCredentialsForClientCertificates(t *testing.T) {
 	t.Parallel()
 	s := startSecure(t, stackOptions{mtls: true, creds: akskCreds(t, secretKey)})
-	cert := s.clientCA.clientCert(t, "ci")
+	cert := s.clientCA.ClientCert(t, "ci")
 	tc := credentials.NewTLS(s.clientTLS(cert))
 	for _, h2 := range []bool{false, true} {
 		checkCaller(t, s, tc, httpClient(t, s.clientTLS(cert), h2), "https",
@@ -470,7 +471,7 @@ func TestCallerTokensFileReloads(t *testing.T) {
 		t.Fatalf("listed bearer: %v", err)
 	}
 	// Replaced by rename, as a secret volume update does.
-	tmp := writeFile(t, s.dir, "callers.new", []byte(newBearer+"\n"))
+	tmp := servertest.WriteFile(t, s.dir, "callers.new", []byte(newBearer+"\n"))
 	if err := os.Rename(tmp, s.tokensFile); err != nil {
 		t.Fatal(err)
 	}
@@ -636,21 +637,21 @@ func TestSecurityConfigErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	signer, _ := upstream.NewAKSKSigner(accessKey, secretKey, projectID)
-	ca := newTestCA(t, "ca")
-	certPEM, keyPEM, _ := ca.issue(t, "s", true)
-	_, otherKey, _ := ca.issue(t, "other", true)
-	cert := writeFile(t, dir, "c.pem", certPEM)
-	key := writeFile(t, dir, "k.pem", keyPEM)
+	ca := servertest.NewCA(t, "ca")
+	certPEM, keyPEM, _ := ca.Issue(t, "s", true)
+	_, otherKey, _ := ca.Issue(t, "other", true)
+	cert := servertest.WriteFile(t, dir, "c.pem", certPEM)
+	key := servertest.WriteFile(t, dir, "k.pem", keyPEM)
 	tests := []struct {
 		name string
 		cfg  server.Config
 	}{
 		{"server credentials for anyone", server.Config{Credentials: signer}},
-		{"client CA without a certificate", server.Config{TLSClientCAFile: writeFile(t, dir, "ca.pem", ca.pem)}},
+		{"client CA without a certificate", server.Config{TLSClientCAFile: servertest.WriteFile(t, dir, "ca.pem", ca.PEM)}},
 		{"certificate without a key", server.Config{TLSCertFile: cert}},
-		{"key that does not match", server.Config{TLSCertFile: cert, TLSKeyFile: writeFile(t, dir, "o.pem", otherKey)}},
+		{"key that does not match", server.Config{TLSCertFile: cert, TLSKeyFile: servertest.WriteFile(t, dir, "o.pem", otherKey)}},
 		{"missing certificate file", server.Config{TLSCertFile: dir + "/none.pem", TLSKeyFile: key}},
-		{"client CA file without certificates", server.Config{TLSCertFile: cert, TLSKeyFile: key, TLSClientCAFile: writeFile(t, dir, "empty.pem", []byte("nothing"))}},
+		{"client CA file without certificates", server.Config{TLSCertFile: cert, TLSKeyFile: key, TLSClientCAFile: servertest.WriteFile(t, dir, "empty.pem", []byte("nothing"))}},
 		{"missing caller tokens file", server.Config{CallerTokensFile: dir + "/none", Credentials: signer}},
 	}
 	for _, tt := range tests {

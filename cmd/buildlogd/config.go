@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,7 +32,8 @@ type config struct {
 	maxResumes      int
 	maxDownloads    int
 	demo            bool
-	obs             obsConfig // admin endpoints, logs, keepalive (observability.go)
+	obs             obsConfig     // admin endpoints, logs, keepalive (observability.go)
+	security        securityFlags // see security.go
 }
 
 // parseConfig reads flags, then BUILDLOG_<FLAG> variables for flags not
@@ -59,6 +61,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	fs.IntVar(&cfg.maxResumes, "upstream-max-resumes", upstream.DefaultRetryPolicy.MaxResumes, "how many times one download may resume after the upstream's body broke off")
 	fs.IntVar(&cfg.maxDownloads, "max-downloads", server.DefaultMaxDownloads, "most downloads in flight, gRPC and REST together; beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429)")
 	addObsFlags(fs, &cfg.obs)
+	cfg.security.register(fs)
 	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: buildlogd [flags]\n\n"+
@@ -95,6 +98,9 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 			return nil, fmt.Errorf("--region: %w", err)
 		}
 		cfg.endpoint = endpoint
+		if cfg.security.iamUser != "" && cfg.security.iamEndpoint == "" {
+			cfg.security.iamEndpoint = upstream.IAMRegionEndpoint(cmp.Or(region, upstream.DefaultRegion))
+		}
 	}
 	cfg.chunkSize = int(chunk)
 	if cfg.chunkSize < service.MinChunkSize || cfg.chunkSize > service.MaxChunkSize {
@@ -119,6 +125,9 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 		if n.value < n.min || n.value > n.max {
 			return nil, fmt.Errorf("--%s %d is out of range: use %d to %d", n.name, n.value, n.min, n.max)
 		}
+	}
+	if err := cfg.security.check(); err != nil {
+		return nil, err
 	}
 	if err := cfg.obs.check(); err != nil {
 		return nil, err

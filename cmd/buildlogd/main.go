@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 	}
 	retry := upstream.DefaultRetryPolicy
 	retry.Attempts, retry.MaxResumes = cfg.attempts, cfg.maxResumes
-	srv, err := server.New(server.Config{
+	scfg := server.Config{
 		GRPCAddr:        cfg.grpcAddr,
 		HTTPAddr:        cfg.httpAddr,
 		Upstream:        endpoint,
@@ -89,7 +89,11 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		UpstreamConnectTimeout: cfg.connectTimeout,
 		UpstreamRetry:          &retry,
 		MaxDownloads:           cfg.maxDownloads,
-	})
+	}
+	if err := cfg.security.apply(&scfg); err != nil {
+		return err
+	}
+	srv, err := server.New(scfg)
 	if err != nil {
 		return err
 	}

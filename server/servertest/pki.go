@@ -1,4 +1,4 @@
-package server_test
+package servertest
 
 import (
 	"crypto/ecdsa"
@@ -17,12 +17,14 @@ import (
 	"time"
 )
 
-// testCA is a certificate authority made in the test (ECDSA P-256); no key
-// is ever written outside the test's temporary directory.
-type testCA struct {
+// CA is a certificate authority made in a test (ECDSA P-256), so that no
+// private key is ever committed; keys are written only to the test's
+// temporary directory.
+type CA struct {
+	// PEM is the CA certificate, for a client CA or roots file.
+	PEM  []byte
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey
-	pem  []byte
 }
 
 // serials numbers certificates uniquely, so a test can tell which one a
@@ -31,7 +33,8 @@ var serials atomic.Int64
 
 func nextSerial() *big.Int { return big.NewInt(serials.Add(1)) }
 
-func newTestCA(t *testing.T, name string) *testCA {
+// NewCA returns a new CA named name.
+func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -51,12 +54,13 @@ func newTestCA(t *testing.T, name string) *testCA {
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &CA{cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-// issue returns a certificate and key in PEM for a server on 127.0.0.1 or
-// for a client, and the certificate's serial number.
-func (ca *testCA) issue(t *testing.T, name string, server bool) (certPEM, keyPEM []byte, serialNumber *big.Int) {
+// Issue returns a certificate and key in PEM for a server on 127.0.0.1 and
+// localhost, or for a client, and the certificate's serial number (unique
+// in the process).
+func (ca *CA) Issue(t testing.TB, name string, server bool) (certPEM, keyPEM []byte, serialNumber *big.Int) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -87,10 +91,10 @@ func (ca *testCA) issue(t *testing.T, name string, server bool) (certPEM, keyPEM
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), tmpl.SerialNumber
 }
 
-// clientCert returns a client certificate issued by ca, for tls.Config.
-func (ca *testCA) clientCert(t *testing.T, name string) tls.Certificate {
+// ClientCert returns a client certificate issued by ca, for a tls.Config.
+func (ca *CA) ClientCert(t testing.TB, name string) tls.Certificate {
 	t.Helper()
-	certPEM, keyPEM, _ := ca.issue(t, name, false)
+	certPEM, keyPEM, _ := ca.Issue(t, name, false)
 	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		t.Fatal(err)
@@ -98,14 +102,15 @@ func (ca *testCA) clientCert(t *testing.T, name string) tls.Certificate {
 	return c
 }
 
-func (ca *testCA) pool() *x509.CertPool {
+// Pool returns a pool holding the CA certificate.
+func (ca *CA) Pool() *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(ca.cert)
 	return p
 }
 
-// writeFile writes content to name in dir and returns its path.
-func writeFile(t *testing.T, dir, name string, content []byte) string {
+// WriteFile writes content to name in dir (mode 0600) and returns its path.
+func WriteFile(t testing.TB, dir, name string, content []byte) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, content, 0o600); err != nil {
