@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -127,14 +126,14 @@ func (a *callerAuth) restMetadata(_ context.Context, r *http.Request) metadata.M
 // tokenFile is a list of accepted bearer tokens, one a line (blank lines
 // and lines starting with # are ignored), read again at each check so that
 // edits take effect at once; it is parsed only when its content changed.
-// Only SHA-256 digests of the tokens are kept. When the file cannot be
+// Only SHA-256 digests are kept, of the tokens and of the whole file. When the file cannot be
 // read, no token is accepted (fail closed) and the error is logged once.
 type tokenFile struct {
 	path   string
 	logger *slog.Logger
 
 	mu      sync.Mutex
-	content []byte
+	sum     [sha256.Size]byte // of the file's content, to tell when it changed
 	digests map[[sha256.Size]byte]bool
 	lastErr string
 }
@@ -152,14 +151,14 @@ func (f *tokenFile) load() (map[[sha256.Size]byte]bool, error) {
 		return nil, fmt.Errorf("read caller tokens file: %w", err)
 	}
 	f.lastErr = ""
-	if f.digests == nil || !bytes.Equal(content, f.content) {
+	if sum := sha256.Sum256(content); f.digests == nil || sum != f.sum {
 		digests := map[[sha256.Size]byte]bool{}
 		for line := range strings.Lines(string(content)) {
 			if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "#") {
 				digests[sha256.Sum256([]byte(t))] = true
 			}
 		}
-		f.content, f.digests = content, digests
+		f.sum, f.digests = sum, digests
 	}
 	return f.digests, nil
 }

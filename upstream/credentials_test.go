@@ -3,6 +3,7 @@ package upstream_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -393,5 +395,36 @@ func TestUpstreamTLSTrust(t *testing.T) {
 	}
 	if _, err := upstream.LoadCAFile(filepath.Join(t.TempDir(), "missing.pem")); err == nil {
 		t.Error("LoadCAFile(missing file) succeeded")
+	}
+}
+
+// An upstream that echoes the server's IAM token in an error message does
+// not pass it on: it is redacted like a caller's token.
+func TestIAMTokenRedactedFromErrors(t *testing.T) {
+	t.Parallel()
+	iam := upstreamtest.NewServer()
+	defer iam.Close()
+	iam.AddIAMUser(iamUser)
+	var echoed atomic.Value
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		echoed.Store(r.Header.Get("X-Auth-Token"))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error_code": "APIGW.0301", "error_msg": "token " + r.Header.Get("X-Auth-Token") + " is invalid"})
+	}))
+	defer echo.Close()
+	c, err := upstream.New(echo.URL, upstream.WithCredentials(newIAM(t, iam, &fakeClock{now: time.Now()}, password)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	_, err = fetchLog(c, "")
+	var ue *upstream.Error
+	if !errors.As(err, &ue) || ue.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("download = %v, want the upstream's 401", err)
+	}
+	tok, _ := echoed.Load().(string)
+	if tok == "" || strings.Contains(ue.Message, tok) || !strings.Contains(ue.Message, "[REDACTED]") {
+		t.Errorf("message %q: want the IAM token (%d bytes) redacted", ue.Message, len(tok))
 	}
 }
