@@ -15,7 +15,6 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -40,6 +39,9 @@ is 1 (2 for a command line that cannot run).
 
 The IAM token comes from --token or, better (command lines are visible to
 other users of the machine), from the BUILDLOG_TOKEN environment variable.
+A buildlogd holding credentials of its own lets authenticated callers omit
+the token: with a client certificate (--tls-cert, --tls-key) or a bearer
+token in BUILDLOG_BEARER.
 
 Examples:
   buildlog download --addr localhost:9090 --record-id ID --task-name stage1 > stage1.log
@@ -58,6 +60,7 @@ type downloadFlags struct {
 	limit    int64
 	token    string
 	output   string
+	security securityFlags // see tls.go
 }
 
 func parseDownloadFlags(args []string, env environment) (*downloadFlags, error) {
@@ -76,6 +79,7 @@ func parseDownloadFlags(args []string, env environment) (*downloadFlags, error) 
 	fs.Int64Var(&f.limit, "limit", 0, "return at most this many `bytes` (0: to the end)")
 	fs.StringVar(&f.token, "token", "", "IAM `token` (default $BUILDLOG_TOKEN)")
 	fs.StringVar(&f.output, "o", "", "write the log to `FILE` instead of stdout")
+	f.security.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -88,10 +92,15 @@ func parseDownloadFlags(args []string, env environment) (*downloadFlags, error) 
 	if f.token == "" {
 		f.token, _ = env.getenv("BUILDLOG_TOKEN")
 	}
+	if err := f.security.load(env.getenv); err != nil {
+		return nil, &usageError{err}
+	}
+	required := []struct{ name, value string }{{"--addr", f.addr}, {"--record-id", f.recordID}, {"--task-name", f.taskName}}
+	if !f.security.authenticated() {
+		required = append(required, struct{ name, value string }{"--token or BUILDLOG_TOKEN", f.token})
+	}
 	var missing []string
-	for _, req := range []struct{ name, value string }{
-		{"--addr", f.addr}, {"--record-id", f.recordID}, {"--task-name", f.taskName}, {"--token or BUILDLOG_TOKEN", f.token},
-	} {
+	for _, req := range required {
 		if req.value == "" {
 			missing = append(missing, req.name)
 		}
@@ -112,12 +121,23 @@ func download(ctx context.Context, args []string, env environment) error {
 		return &usageError{fmt.Errorf("--log-level must be info or debug, got %q", f.logLevel)}
 	}
 
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	tc, err := f.security.credentials()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(tc))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", f.addr, err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, service.TokenMetadataKey, f.token))
+	var md []string
+	if f.token != "" {
+		md = append(md, service.TokenMetadataKey, f.token)
+	}
+	if f.security.bearer != "" {
+		md = append(md, "authorization", "Bearer "+f.security.bearer)
+	}
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, md...))
 	defer cancel()
 	stream, err := buildlogv1.NewBuildLogServiceClient(conn).DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{
 		RecordId: f.recordID,
