@@ -323,6 +323,7 @@ func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Respo
 	}
 	defer resp.Body.Close()
 	uerr := parseError(resp, secret)
+	c.rejected(secret, resp.StatusCode)
 	c.observer.Exchange(resp.StatusCode, uerr.Code, elapsed)
 	return nil, uerr
 }

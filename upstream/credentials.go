@@ -75,3 +75,19 @@ func (c *Client) authorize(ctx context.Context, hreq *http.Request, token string
 	}
 	return secret, nil
 }
+
+// rejecter is implemented by credentials that hold a secret the upstream
+// may stop accepting before it expires (a revoked IAM token).
+type rejecter interface {
+	// Rejected reports that the upstream refused secret with HTTP 401.
+	Rejected(secret string)
+}
+
+// rejected passes an upstream 401 to the credentials, so that a revoked
+// token is replaced at the next request instead of failing every request
+// until it expires. A caller's token never matches the credentials' own.
+func (c *Client) rejected(secret string, status int) {
+	if r, ok := c.credentials.(rejecter); ok && status == http.StatusUnauthorized && secret != "" {
+		r.Rejected(secret)
+	}
+}

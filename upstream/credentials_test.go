@@ -428,3 +428,34 @@ func TestIAMTokenRedactedFromErrors(t *testing.T) {
 		t.Errorf("message %q: want the IAM token (%d bytes) redacted", ue.Message, len(tok))
 	}
 }
+
+// A revoked IAM token fails one download with the upstream's 401; the next
+// one fetches a new token instead of failing until the old one expires.
+func TestIAMRevokedTokenIsReplaced(t *testing.T) {
+	t.Parallel()
+	clock := &fakeClock{now: time.Now()}
+	up, c := newCredentialsUpstream(t, func(up *upstreamtest.Server) upstream.Credentials {
+		return newIAM(t, up, clock, password)
+	})
+	if _, err := fetchLog(c, ""); err != nil {
+		t.Fatal(err)
+	}
+	up.RevokeIAMTokens()
+	var ue *upstream.Error
+	if _, err := fetchLog(c, ""); !errors.As(err, &ue) || ue.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("download with a revoked token = %v, want the upstream's 401", err)
+	}
+	if got, err := fetchLog(c, ""); err != nil || got != "signed log\n" {
+		t.Fatalf("download after the 401 = %q, %v; want the log with a new token", got, err)
+	}
+	if got := up.IAMRequestCount(); got != 2 {
+		t.Errorf("IAM requests = %d, want 2", got)
+	}
+	// A caller's own token refused by the upstream leaves the server's alone.
+	if _, err := fetchLog(c, "not-a-valid-token"); !errors.As(err, &ue) || ue.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("download with a bad caller token = %v, want 401", err)
+	}
+	if _, err := fetchLog(c, ""); err != nil || up.IAMRequestCount() != 2 {
+		t.Errorf("download after a caller's 401 = %v with %d IAM requests; want the cached token (2)", err, up.IAMRequestCount())
+	}
+}

@@ -56,7 +56,8 @@ func IAMRegionEndpoint(region string) string {
 // is cached until RefreshBefore its expiry; then the next request fetches a
 // new one, and concurrent requests wait for that one fetch instead of each
 // starting their own. If a refresh fails while the cached token is still
-// valid, the cached token is used and the next request tries again.
+// valid, the cached token is used and the next request tries again. A
+// token the upstream refuses is dropped (see [IAMTokenSource.Rejected]).
 type IAMTokenSource struct {
 	cfg      IAMConfig
 	tokenURL string
@@ -110,6 +111,17 @@ func (s *IAMTokenSource) Authorize(ctx context.Context, req *http.Request) (stri
 	}
 	req.Header.Set("X-Auth-Token", token)
 	return token, nil
+}
+
+// Rejected drops the cached token if it is token, which the upstream
+// refused (HTTP 401) although it had not expired: it was revoked, as when
+// the user's password changes. The next request fetches a new one.
+func (s *IAMTokenSource) Rejected(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if token != "" && token == s.token {
+		s.token, s.expiresAt = "", time.Time{}
+	}
 }
 
 // Token returns a valid token, fetching one when none is cached or the

@@ -110,6 +110,14 @@ func (s *Server) HoldIAM() (release func()) {
 	}
 }
 
+// RevokeIAMTokens makes every token the fake IAM issued so far invalid, as
+// when the user's password changes.
+func (s *Server) RevokeIAMTokens() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.auth.issued)
+}
+
 // IAMRequestCount returns how many token requests the fake IAM received.
 // They are not counted by RequestCount.
 func (s *Server) IAMRequestCount() int {
