@@ -69,6 +69,7 @@ type secureStack struct {
 	serverCA   *servertest.CA
 	clientCA   *servertest.CA
 	tokensFile string
+	adminAddr  string // serves /metrics
 	logs       *logBuffer
 }
 
@@ -113,10 +114,11 @@ func startSecure(t *testing.T, o stackOptions) *secureStack {
 	s.up.AddIAMUser(upstreamtest.IAMUser{Domain: "acme", Name: "bot", Password: iamPassword, ProjectID: projectID})
 	s.up.AddLog(recordID, "stage1", upstreamtest.Log{Content: []byte(logContent)})
 	cfg := server.Config{
-		GRPCAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0",
-		Upstream: s.up.URL,
-		Logger:   slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		GRPCAddr:  "127.0.0.1:0",
+		HTTPAddr:  "127.0.0.1:0",
+		AdminAddr: "127.0.0.1:0",
+		Upstream:  s.up.URL,
+		Logger:    slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if o.tls || o.mtls {
 		s.serverCA = servertest.NewCA(t, "server CA")
@@ -139,7 +141,7 @@ func startSecure(t *testing.T, o stackOptions) *secureStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.grpcAddr, s.httpAddr = srv.GRPCAddr().String(), srv.HTTPAddr().String()
+	s.grpcAddr, s.httpAddr, s.adminAddr = srv.GRPCAddr().String(), srv.HTTPAddr().String(), srv.AdminAddr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
@@ -534,12 +536,21 @@ func TestServerCredentialFailures(t *testing.T) {
 	}
 }
 
-// checkNoSecrets fails if the server's logs contain a credential: the
-// secret key, the IAM password, a caller bearer token or an IAM token the
-// fake IAM issued.
+// checkNoSecrets fails if the server's logs or metrics contain a
+// credential: the secret key, the IAM password, a caller bearer token or an
+// IAM token the fake IAM issued.
 func checkNoSecrets(t *testing.T, s *secureStack) {
 	t.Helper()
-	logs := s.logs.String()
+	resp, err := http.Get("http://" + s.adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Contains(metrics, []byte("buildlog")) {
+		t.Fatalf("GET /metrics: %d, %v; want 200 and buildlog's metrics", resp.StatusCode, err)
+	}
+	logs := s.logs.String() + string(metrics)
 	secrets := []string{secretKey, iamPassword, callerBearer, otherBearer, token}
 	for _, r := range s.up.Requests() {
 		if v := r.Header.Get("X-Auth-Token"); v != "" {
@@ -548,7 +559,7 @@ func checkNoSecrets(t *testing.T, s *secureStack) {
 	}
 	for _, secret := range secrets {
 		if strings.Contains(logs, secret) {
-			t.Errorf("the server's logs contain a credential (%d bytes long)", len(secret))
+			t.Errorf("the server's logs or metrics contain a credential (%d bytes long)", len(secret))
 		}
 	}
 }
@@ -657,7 +668,7 @@ func TestSecurityConfigErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tt.cfg.Upstream, tt.cfg.GRPCAddr, tt.cfg.HTTPAddr = "http://127.0.0.1:1", "127.0.0.1:0", "127.0.0.1:0"
+			tt.cfg.Upstream, tt.cfg.GRPCAddr, tt.cfg.HTTPAddr, tt.cfg.AdminAddr = "http://127.0.0.1:1", "127.0.0.1:0", "127.0.0.1:0", server.AdminOff
 			tt.cfg.Logger = slog.New(slog.DiscardHandler)
 			if _, err := server.New(tt.cfg); err == nil {
 				t.Error("New succeeded, want an error")

@@ -43,7 +43,7 @@ func startTLSServer(t *testing.T, mtls bool) *tlsServer {
 		t.Fatal(err)
 	}
 	cfg := server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Upstream: up.URL, Logger: slog.New(slog.DiscardHandler),
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdminAddr: server.AdminOff, Upstream: up.URL, Logger: slog.New(slog.DiscardHandler),
 		TLSCertFile:      servertest.WriteFile(t, s.dir, "tls.crt", certPEM),
 		TLSKeyFile:       servertest.WriteFile(t, s.dir, "tls.key", keyPEM),
 		CallerTokensFile: servertest.WriteFile(t, s.dir, "callers", []byte(cliBearer+"\n")),

@@ -74,7 +74,7 @@ func TestRunWithTLSAndServerCredentials(t *testing.T) {
 	ca := servertest.NewCA(t, "buildlogd CA")
 	certPEM, keyPEM, _ := ca.Issue(t, "buildlogd", true)
 	args := []string{
-		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--upstream", up.URL,
+		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off", "--upstream", up.URL,
 		"--tls-cert", servertest.WriteFile(t, dir, "tls.crt", certPEM),
 		"--tls-key", servertest.WriteFile(t, dir, "tls.key", keyPEM),
 		"--caller-tokens-file", servertest.WriteFile(t, dir, "callers", []byte(bearer+"\n")),
@@ -153,7 +153,7 @@ func TestRunRefusesBadSecretFiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			err := run(context.Background(), []string{"--upstream", "http://127.0.0.1:1", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+			err := run(context.Background(), []string{"--upstream", "http://127.0.0.1:1", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off",
 				"--upstream-ak", "AK", "--upstream-sk-file", tt.skFile, "--project-id", "p", "--caller-tokens-file", tt.skFile}, env(nil), io.Discard, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("run() = %v, want an error mentioning %q", err, tt.wantErr)
