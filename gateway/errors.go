@@ -99,7 +99,7 @@ func handleRoutingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Ma
 	switch httpStatus {
 	case http.StatusMethodNotAllowed:
 		code = codes.Unimplemented
-		w.Header().Set("Allow", http.MethodGet)
+		w.Header().Set("Allow", "GET, HEAD")
 	case http.StatusBadRequest:
 		code = codes.InvalidArgument
 	}
@@ -119,7 +119,9 @@ func handleStreamError(ctx context.Context, err error) *status.Status {
 		return st
 	}
 	if rs.started {
-		rs.aborted = true
+		// A HEAD is complete once its headers are out: its call was stopped
+		// on purpose.
+		rs.aborted = !rs.head
 		return st
 	}
 	h := rs.Header()

@@ -29,6 +29,10 @@ type responseState struct {
 	errorStatus int
 	started     bool // the status line has been written
 	aborted     bool // the response must be cut off, not finished
+	// head is set for a HEAD request, served as a GET whose call is stopped
+	// (stop) once the headers are written: the body is never sent.
+	head bool
+	stop context.CancelFunc
 }
 
 type responseStateKey struct{}
@@ -39,8 +43,15 @@ type responseStateKey struct{}
 // refuse.
 func prepare(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rs := &responseState{ResponseWriter: w, status: http.StatusOK}
-		r = r.Clone(context.WithValue(r.Context(), responseStateKey{}, rs))
+		ctx, stop := context.WithCancel(r.Context())
+		defer stop()
+		rs := &responseState{ResponseWriter: w, status: http.StatusOK, stop: stop}
+		r = r.Clone(context.WithValue(ctx, responseStateKey{}, rs))
+		if r.Method == http.MethodHead {
+			// The headers of a GET: they depend on the log, so the call is
+			// made, and stopped at its first message.
+			r.Method, rs.head = http.MethodGet, true
+		}
 		if values, err := url.ParseQuery(r.URL.RawQuery); err == nil {
 			if field, ok := invalidUTF8(r.URL.Path, values); !ok {
 				// The request fields are proto strings, which must be UTF-8.
@@ -127,6 +138,10 @@ func (rs *responseState) Write(p []byte) (int, error) {
 	}
 	if !rs.started {
 		rs.WriteHeader(rs.status)
+	}
+	if rs.head {
+		rs.stop()
+		return len(p), nil
 	}
 	return rs.ResponseWriter.Write(p)
 }

@@ -3,6 +3,8 @@ package server_test
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,5 +107,59 @@ func TestCurlResumes(t *testing.T) {
 	}
 	if last := s.Upstream.Requests()[0]; last.Header.Get("Range") != "bytes=123457-" {
 		t.Errorf("the upstream saw Range %q, want the rest only", last.Header.Get("Range"))
+	}
+}
+
+// TestRESTHead checks that HEAD answers the headers a GET would, without a
+// body, and stops its upstream download.
+func TestRESTHead(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	const size = 5 << 20
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size, FileName: "stage1.log"})
+	for _, tt := range []struct {
+		name, token, rangeHeader string
+		wantStatus               int
+		wantLength               int64
+		wantContentRange         string
+	}{
+		{"whole log", token, "", 200, size, ""},
+		{"a range", token, "bytes=10-19", 206, 10, "bytes 10-19/5242880"},
+		{"past the end", token, "bytes=6000000-", 416, -1, "bytes */5242880"},
+		{"no token", "", "", 401, -1, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := s.Upstream.RequestCount()
+			req, _ := http.NewRequest(http.MethodHead, s.RESTURL+logPath("stage1"), nil)
+			if tt.token != "" {
+				req.Header.Set("X-Auth-Token", tt.token)
+			}
+			if tt.rangeHeader != "" {
+				req.Header.Set("Range", tt.rangeHeader)
+			}
+			resp, err := s.HTTP.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || len(body) != 0 || resp.StatusCode != tt.wantStatus {
+				t.Fatalf("status %d, %d body bytes, %v; want %d and no body", resp.StatusCode, len(body), err, tt.wantStatus)
+			}
+			if tt.wantLength >= 0 && resp.ContentLength != tt.wantLength {
+				t.Errorf("Content-Length %d, want %d", resp.ContentLength, tt.wantLength)
+			}
+			checkHeader(t, resp, "Content-Range", tt.wantContentRange)
+			if tt.wantStatus < 300 {
+				checkHeader(t, resp, "Accept-Ranges", "bytes")
+				checkHeader(t, resp, "Content-Disposition", "attachment; filename=stage1.log")
+			}
+			for _, r := range s.Upstream.Requests()[before:] {
+				<-r.Done // the download behind the HEAD was stopped
+			}
+		})
+	}
+	if sent := s.Upstream.BytesSent(); sent >= size {
+		t.Errorf("the upstream sent %d bytes for HEAD requests, want the download stopped early", sent)
 	}
 }
