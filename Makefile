@@ -27,9 +27,10 @@ lint:
 test:
 	go test -race ./...
 
-## bench: relay benchmark (1 GiB: direct, gRPC, REST), memory targets and Go benchmarks
+## bench: relay benchmark (sizes × concurrency × paths, against a reverse
+## proxy; see bench/README.md), memory targets and Go benchmarks
 bench:
-	go run ./bench -size 1GiB -runs 5
+	go run ./bench -runs 5
 	go run ./bench/memory
 	go test ./server/ -run '^$$' -bench Download -benchmem -count 5
 

@@ -1,31 +1,44 @@
-// Command bench measures how fast buildlogd relays a log, against fetching
-// it straight from the upstream, in one interleaved run on this machine.
+// Command bench measures how fast buildlogd relays logs, side by side with a
+// plain reverse proxy in front of the same upstream, in one interleaved run
+// on this machine.
 //
-//	go run ./bench [-size 1GiB] [-runs 5] [-chunks 64KiB]
+//	go run ./bench [-sizes 1MiB,64MiB,1GiB] [-conc 1,16,128] [-runs 5]
+//	               [-upstreams sim,file] [-max-bytes 2GiB] [-latency 500]
 //
-// It serves a generated log from the simulated upstream in this process,
-// builds buildlogd and runs it as a child process (so its peak RSS and CPU
-// time are its own), then times, run after run: a direct GET from the
-// upstream, the gRPC stream read by a Go client, and the REST mirror. Every
-// download is checked for length and content (SHA-256 against the
-// upstream's). It prints medians, ratios to the direct fetch, and the
-// server's peak RSS and CPU seconds per GiB. Several -chunks values compare
-// chunk sizes, one server per size.
+// Two upstreams serve the logs, in this process on loopback: the simulated
+// upstream (upstreamtest, generated text) and a static-file server
+// (http.ServeContent of a file on disk with the same text). For each
+// upstream and each cell, the baseline — net/http/httputil.ReverseProxy —
+// and two buildlogd (one serving REST, one gRPC) run as fresh child
+// processes built from this repository, so each one's CPU time and peak RSS
+// are its own and the cell's. Each cell of the matrix (log size × concurrent
+// downloads) is measured run after run, the paths interleaved within a run:
+//
+//	direct  GET from the upstream
+//	proxy   GET through the reverse proxy (the baseline)
+//	rest    GET through buildlogd's REST mirror
+//	grpc    the gRPC stream, read by a Go client on one shared connection
+//
+// A cell whose concurrency × size exceeds -max-bytes is skipped. The first
+// run of every cell warms up and checks every download's content (SHA-256
+// against the generated log); timed runs check lengths. The table shows
+// the median wall time of the cell's downloads, their aggregate
+// throughput, the ratio to the proxy's median, the relaying process's CPU
+// seconds per GiB relayed and its peak RSS (VmHWM).
+//
+// The latency table times -latency sequential requests per path and run
+// for a 1 KiB log over kept-alive connections (the gRPC client reuses its
+// connection, as real clients do), and reports p50 and p99.
 package main
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha256"
-	"encoding/json"
-	"errors"
+	"cmp"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,291 +46,243 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
-	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
 const (
-	token    = "bench-token"
-	recordID = "be0c4000-0000-4000-8000-000000000001"
-	task     = "stage1"
+	token = "bench-token"
+	task  = "stage1"
+	// smallLog is the size of the log the latency table fetches.
+	smallLog = 1 << 10
 )
 
 func main() {
+	if target := os.Getenv(proxyEnv); target != "" {
+		if err := serveProxy(target); err != nil {
+			fmt.Fprintln(os.Stderr, "bench proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	size := byteFlag(1 << 30)
-	runs := flag.Int("runs", 5, "timed runs of each path")
-	chunks := flag.String("chunks", "64KiB", "comma-separated chunk sizes to compare, one buildlogd each")
-	flag.Var(&size, "size", "log size, in bytes or with a KiB/MiB/GiB suffix")
+type options struct {
+	sizes     []int64
+	conc      []int
+	upstreams []string
+	runs      int
+	maxBytes  int64
+	latency   int
+	chunk     int64
+	profile   string
+}
+
+func parseFlags() (options, error) {
+	sizes := flag.String("sizes", "1MiB,64MiB,1GiB", "comma-separated log sizes, in bytes or with a KiB/MiB/GiB suffix")
+	conc := flag.String("conc", "1,16,128", "comma-separated numbers of concurrent downloads")
+	ups := flag.String("upstreams", "sim,file", "comma-separated upstreams: sim (the simulated upstream), file (a static-file server)")
+	runs := flag.Int("runs", 5, "timed runs of each path in each cell, after one warm-up run")
+	maxBytes := flag.String("max-bytes", "2GiB", "skip cells whose concurrency × size exceeds this")
+	latency := flag.Int("latency", 500, "small-log requests per path and run for the latency table; 0 skips it")
+	chunk := flag.String("chunk-size", "", "buildlogd --chunk-size; default buildlogd's")
+	profile := flag.String("cpuprofile", "", "write CPU profiles of each relay's timed runs into this directory")
 	flag.Parse()
 
-	up, err := upstreamtest.Start("127.0.0.1:0")
-	if err != nil {
-		return err
+	var o options
+	var err error
+	for _, s := range strings.Split(*sizes, ",") {
+		n, perr := parseBytes(s)
+		err = cmp.Or(err, perr)
+		o.sizes = append(o.sizes, n)
 	}
-	defer up.Close()
-	up.AddToken(token)
-	up.AddLog(recordID, task, upstreamtest.Log{Size: int64(size)})
-	want, err := digest(upstreamtest.Reader(int64(size), "INFO", task))
-	if err != nil {
-		return err
-	}
-
-	bin, err := buildServer()
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(filepath.Dir(bin))
-
-	fmt.Printf("buildlog relay benchmark: %s log, %d runs per path, medians; %s\n", byteFlag(size), *runs, machine())
-	fmt.Printf("%-9s %-8s %10s %10s %8s %14s %12s\n", "chunk", "path", "median", "MiB/s", "ratio", "server CPU s/GiB", "server RSS")
-	for _, c := range strings.Split(*chunks, ",") {
-		var chunk byteFlag
-		if err := chunk.Set(c); err != nil {
-			return err
+	for _, s := range strings.Split(*conc, ",") {
+		n, perr := strconv.Atoi(s)
+		if perr != nil || n < 1 {
+			err = cmp.Or(err, fmt.Errorf("bad concurrency %q", s))
 		}
-		if err := measure(bin, up.URL, int64(size), int(chunk), *runs, want); err != nil {
-			return err
+		o.conc = append(o.conc, n)
+	}
+	for _, u := range strings.Split(*ups, ",") {
+		if u != "sim" && u != "file" {
+			err = cmp.Or(err, fmt.Errorf("unknown upstream %q: want sim or file", u))
+		}
+		o.upstreams = append(o.upstreams, u)
+	}
+	var perr error
+	o.maxBytes, perr = parseBytes(*maxBytes)
+	err = cmp.Or(err, perr)
+	if *chunk != "" {
+		o.chunk, perr = parseBytes(*chunk)
+		err = cmp.Or(err, perr)
+	}
+	o.runs, o.latency, o.profile = *runs, *latency, *profile
+	if o.runs < 1 {
+		err = cmp.Or(err, fmt.Errorf("-runs must be at least 1"))
+	}
+	return o, err
+}
+
+func run() error {
+	o, err := parseFlags()
+	if err != nil {
+		return err
+	}
+	bin, cleanup, err := buildBinaries(o.profile != "")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+
+	fmt.Printf("buildlog relay benchmark, %s\n", machine())
+	chunk := "buildlogd's default"
+	if o.chunk > 0 {
+		chunk = formatBytes(o.chunk)
+	}
+	fmt.Printf("%d timed runs per path and cell (after a warm-up run), medians; ratio = time / proxy's time; chunk size %s\n\n",
+		o.runs, chunk)
+	var latencies []latencyRow
+	fmt.Printf("%-8s %7s %5s %-6s %10s %10s %7s %9s %9s\n",
+		"upstream", "size", "conc", "path", "median", "MiB/s", "ratio", "CPU s/GiB", "peak RSS")
+	for _, kind := range o.upstreams {
+		rows, err := benchUpstream(kind, bin, o)
+		if err != nil {
+			return fmt.Errorf("upstream %s: %w", kind, err)
+		}
+		latencies = append(latencies, rows...)
+	}
+	if len(latencies) > 0 {
+		fmt.Printf("\nsmall-log latency: %s log, %d sequential requests per path per run, %d runs interleaved\n",
+			formatBytes(smallLog), o.latency, o.runs)
+		fmt.Printf("%-8s %-6s %10s %10s %9s %9s\n", "upstream", "path", "p50", "p99", "p50 ratio", "p99 ratio")
+		for _, r := range latencies {
+			fmt.Printf("%-8s %-6s %10s %10s %8.2fx %8.2fx\n", r.upstream, r.path, fmtDur(r.p50), fmtDur(r.p99),
+				float64(r.p50)/float64(r.proxyP50), float64(r.p99)/float64(r.proxyP99))
 		}
 	}
 	return nil
 }
 
-// measure runs one buildlogd with the chunk size and prints its rows.
-func measure(bin, upstreamURL string, size int64, chunk, runs int, want [32]byte) error {
-	srv, err := startServer(bin, upstreamURL, chunk)
+// benchUpstream starts one upstream, with a buildlogd and a proxy in front
+// of it, and measures every cell and the small-log latency through them.
+func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
+	logs := append(slices.Clone(o.sizes), smallLog)
+	up, err := startUpstream(kind, logs)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer srv.stop()
+	defer up.close()
 
-	conn, err := grpc.NewClient(srv.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	client := buildlogv1.NewBuildLogServiceClient(conn)
-	httpClient := &http.Client{Transport: &http.Transport{}}
-	defer httpClient.CloseIdleConnections()
-
-	paths := []struct {
-		name  string
-		fetch func(h io.Writer) (int64, error)
-	}{
-		{"direct", func(h io.Writer) (int64, error) { return httpGet(httpClient, upstreamURL, h) }},
-		{"grpc", func(h io.Writer) (int64, error) { return grpcGet(client, h) }},
-		{"rest", func(h io.Writer) (int64, error) { return httpGet(httpClient, "http://"+srv.httpAddr, h) }},
-	}
-	times := make([][]time.Duration, len(paths))
-	cpu := make([]time.Duration, len(paths))
-	for r := range runs + 1 { // the first round checks content and warms up
-		for i, p := range paths {
-			h := sha256.New()
-			var w io.Writer = io.Discard
-			if r == 0 {
-				w = h
-			}
-			cpuBefore := srv.cpu()
-			start := time.Now()
-			n, err := p.fetch(w)
-			elapsed := time.Since(start)
-			if err != nil {
-				return fmt.Errorf("%s: %w", p.name, err)
-			}
-			if n != size {
-				return fmt.Errorf("%s: got %d bytes, want %d", p.name, n, size)
-			}
-			if r == 0 {
-				if got := [32]byte(h.Sum(nil)); got != want {
-					return fmt.Errorf("%s: content differs from the upstream's", p.name)
-				}
+	for _, size := range o.sizes {
+		for _, c := range o.conc {
+			if int64(c)*size > o.maxBytes {
 				continue
 			}
-			times[i] = append(times[i], elapsed)
-			cpu[i] += srv.cpu() - cpuBefore
-		}
-	}
-	base := median(times[0])
-	for i, p := range paths {
-		m := median(times[i])
-		gib := float64(size) * float64(runs) / (1 << 30)
-		serverCPU := "-"
-		if p.name != "direct" {
-			serverCPU = fmt.Sprintf("%.2f", cpu[i].Seconds()/gib)
-		}
-		fmt.Printf("%-9s %-8s %10s %10.0f %7.2fx %14s %12s\n", byteFlag(chunk), p.name, m.Round(time.Millisecond),
-			float64(size)/(1<<20)/m.Seconds(), float64(m)/float64(base), serverCPU, byteFlag(srv.peakRSS()))
-	}
-	return nil
-}
-
-func httpGet(c *http.Client, base string, w io.Writer) (int64, error) {
-	req, err := http.NewRequest(http.MethodGet, base+"/v4/"+recordID+"/task-log?task_name="+task, nil)
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("X-Auth-Token", token)
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	return io.CopyBuffer(w, resp.Body, make([]byte, 256<<10))
-}
-
-func grpcGet(c buildlogv1.BuildLogServiceClient, w io.Writer) (int64, error) {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-auth-token", token)
-	stream, err := c.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: task})
-	if err != nil {
-		return 0, err
-	}
-	var n int64
-	for {
-		msg, err := stream.Recv()
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-		w.Write(msg.GetData())
-		n += int64(len(msg.GetData()))
-	}
-}
-
-// server is a buildlogd child process.
-type server struct {
-	cmd                *exec.Cmd
-	grpcAddr, httpAddr string
-}
-
-func buildServer() (string, error) {
-	dir, err := os.MkdirTemp("", "buildlog-bench")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "buildlogd")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/buildlogd")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("build buildlogd (run from the repository root): %w", err)
-	}
-	return bin, nil
-}
-
-func startServer(bin, upstreamURL string, chunk int) (*server, error) {
-	cmd := exec.Command(bin, "--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off", "--chunk-size", strconv.Itoa(chunk))
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	s := &server{cmd: cmd}
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() {
-		var line struct{ Msg, GRPC, HTTP string }
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
-			s.grpcAddr, s.httpAddr = line.GRPC, line.HTTP
-			break
-		}
-	}
-	if s.grpcAddr == "" {
-		s.stop()
-		return nil, errors.New("buildlogd did not report its addresses")
-	}
-	go io.Copy(io.Discard, stderr)
-	return s, nil
-}
-
-func (s *server) stop() {
-	s.cmd.Process.Signal(os.Interrupt)
-	s.cmd.Wait()
-}
-
-// peakRSS is the server's peak resident set (VmHWM), in bytes.
-func (s *server) peakRSS() int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-// cpu is the server's user+system CPU time so far.
-func (s *server) cpu() time.Duration {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
-	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(fields) < 13 {
-		return 0
-	}
-	utime, _ := strconv.ParseInt(fields[11], 10, 64)
-	stime, _ := strconv.ParseInt(fields[12], 10, 64)
-	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ is 100 on Linux
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func digest(r io.Reader) ([32]byte, error) {
-	h := sha256.New()
-	if _, err := io.Copy(h, r); err != nil {
-		return [32]byte{}, err
-	}
-	return [32]byte(h.Sum(nil)), nil
-}
-
-func machine() string {
-	model := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
+			profile := ""
+			if o.profile != "" {
+				profile = filepath.Join(o.profile, fmt.Sprintf("%s-%s-%d", kind, formatBytes(size), c))
+			}
+			paths, stop, err := startPaths(bin, up.url, o.chunk, c, profile)
+			if err != nil {
+				return nil, err
+			}
+			results, err := measureCell(paths, size, c, o.runs)
+			stop()
+			if err != nil {
+				return nil, fmt.Errorf("%s × %d: %w", formatBytes(size), c, err)
+			}
+			base := results[1].median
+			for _, r := range results {
+				cpu, rss := "-", "-"
+				if r.server != nil {
+					cpu = fmt.Sprintf("%.2f", r.cpu.Seconds()/(float64(size)*float64(c)*float64(o.runs)/(1<<30)))
+					rss = fmt.Sprintf("%.1f MiB", float64(r.peakRSS)/(1<<20))
+				}
+				fmt.Printf("%-8s %7s %5d %-6s %10s %10.0f %6.2fx %9s %9s\n", kind, formatBytes(size), c, r.name,
+					fmtDur(r.median), float64(size)*float64(c)/(1<<20)/r.median.Seconds(),
+					float64(r.median)/float64(base), cpu, rss)
 			}
 		}
 	}
-	n := 0
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		n = strings.Count(string(b), "processor\t:")
+	if o.latency == 0 {
+		return nil, nil
 	}
-	return fmt.Sprintf("%d × %s", n, model)
+	paths, stop, err := startPaths(bin, up.url, o.chunk, 1, "")
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	return measureLatency(kind, paths, o.latency, o.runs)
 }
 
-// byteFlag is a byte count that accepts KiB, MiB and GiB suffixes.
-type byteFlag int64
-
-func (b byteFlag) String() string {
-	for _, u := range []struct {
-		suffix string
-		shift  uint
-	}{{"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
-		if b >= 1<<u.shift && b%(1<<u.shift) == 0 {
-			return strconv.FormatInt(int64(b)>>u.shift, 10) + u.suffix
+// startPaths starts the relays in front of upstreamURL, fresh for each cell
+// so that each one's peak RSS is the cell's: the proxy, and one buildlogd
+// for REST and one for gRPC. stop stops them. With a profile prefix, each
+// relay writes the CPU profile of its timed runs to prefix-PATH.pprof.
+func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile string) (paths []path, stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for _, f := range slices.Backward(stops) {
+			f()
 		}
 	}
-	return strconv.FormatInt(int64(b), 10)
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	profileEnv := func(name string) []string {
+		if profile == "" {
+			return nil
+		}
+		return []string{profileEnv + "=" + profile + "-" + name + ".pprof"}
+	}
+	startFacade := func(name string) (*child, error) {
+		args := []string{"--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off"}
+		if chunk > 0 {
+			args = append(args, "--chunk-size", strconv.FormatInt(chunk, 10))
+		}
+		c, err := startChild(bin.buildlogd, profileEnv(name), args...)
+		if err == nil {
+			stops = append(stops, c.stop)
+		}
+		return c, err
+	}
+	proxy, err := startChild(bin.bench, append(profileEnv("proxy"), proxyEnv+"="+upstreamURL))
+	if err != nil {
+		return nil, nil, err
+	}
+	stops = append(stops, proxy.stop)
+	restFacade, err := startFacade("rest")
+	if err != nil {
+		return nil, nil, err
+	}
+	grpcFacade, err := startFacade("grpc")
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := grpc.NewClient(grpcFacade.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	stops = append(stops, func() { conn.Close() })
+	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * conc, DisableCompression: true}}
+	stops = append(stops, httpClient.CloseIdleConnections)
+	grpcClient := buildlogv1.NewBuildLogServiceClient(conn)
+	return []path{
+		{name: "direct", fetch: httpFetch(httpClient, upstreamURL)},
+		{name: "proxy", server: proxy, fetch: httpFetch(httpClient, "http://"+proxy.httpAddr)},
+		{name: "rest", server: restFacade, fetch: httpFetch(httpClient, "http://"+restFacade.httpAddr)},
+		{name: "grpc", server: grpcFacade, fetch: grpcFetch(grpcClient)},
+	}, stop, nil
 }
 
-func (b *byteFlag) Set(s string) error {
+// parseBytes parses a byte count with an optional KiB, MiB or GiB suffix.
+func parseBytes(s string) (int64, error) {
 	for _, u := range []struct {
 		suffix string
 		shift  uint
@@ -325,11 +290,49 @@ func (b *byteFlag) Set(s string) error {
 		if num, ok := strings.CutSuffix(s, u.suffix); ok {
 			n, err := strconv.ParseInt(num, 10, 64)
 			if err != nil || n < 0 {
-				return fmt.Errorf("bad size %q", s)
+				return 0, fmt.Errorf("bad size %q", s)
 			}
-			*b = byteFlag(n << u.shift)
-			return nil
+			return n << u.shift, nil
 		}
 	}
-	return fmt.Errorf("bad size %q", s)
+	return 0, fmt.Errorf("bad size %q", s)
+}
+
+func formatBytes(b int64) string {
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
+		if b >= 1<<u.shift && b%(1<<u.shift) == 0 {
+			return strconv.FormatInt(b>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(b, 10)
+}
+
+// fmtDur rounds d to three significant digits, enough to compare.
+func fmtDur(d time.Duration) string {
+	for _, r := range []time.Duration{time.Second, 100 * time.Millisecond, 10 * time.Millisecond, time.Millisecond,
+		100 * time.Microsecond, 10 * time.Microsecond, time.Microsecond, 100 * time.Nanosecond} {
+		if d >= 100*r {
+			return d.Round(r).String()
+		}
+	}
+	return d.String()
+}
+
+// machine describes what the benchmark ran on.
+func machine() string {
+	model, n := "unknown CPU", 0
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok && model == "unknown CPU" {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+			}
+			if strings.HasPrefix(line, "processor") {
+				n++
+			}
+		}
+	}
+	return fmt.Sprintf("%d × %s (nproc %d), %s %s/%s", n, model, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

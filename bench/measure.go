@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/service"
+)
+
+// path is one way to download a log.
+type path struct {
+	name string
+	// server is the relaying process whose CPU and memory are reported;
+	// nil for direct downloads.
+	server *child
+	// fetch downloads the log of the given size into w, returning its
+	// length.
+	fetch func(size int64, w io.Writer) (int64, error)
+}
+
+func httpFetch(c *http.Client, base string) func(int64, io.Writer) (int64, error) {
+	return func(size int64, w io.Writer) (int64, error) {
+		req, err := http.NewRequest(http.MethodGet, base+logPath(size), nil)
+		if err != nil {
+			return 0, err
+		}
+		req.Header.Set("X-Auth-Token", token)
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		return io.CopyBuffer(w, resp.Body, make([]byte, 64<<10))
+	}
+}
+
+func grpcFetch(c buildlogv1.BuildLogServiceClient) func(int64, io.Writer) (int64, error) {
+	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+	return func(size int64, w io.Writer) (int64, error) {
+		stream, err := c.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID(size), TaskName: task})
+		if err != nil {
+			return 0, err
+		}
+		var n int64
+		for {
+			msg, err := stream.Recv()
+			if err == io.EOF {
+				return n, nil
+			}
+			if err != nil {
+				return n, err
+			}
+			w.Write(msg.GetData())
+			n += int64(len(msg.GetData()))
+		}
+	}
+}
+
+// result is one path's figures in one cell.
+type result struct {
+	path
+	median  time.Duration
+	cpu     time.Duration // the server's, over the timed runs
+	peakRSS int64
+}
+
+// measureCell downloads the log of the given size conc times at once
+// through each path, runs+1 times with the paths interleaved, and returns
+// each path's figures over the timed runs.
+func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
+	want := digest(size)
+	results := make([]result, len(paths))
+	times := make([][]time.Duration, len(paths))
+	for r := range runs + 1 {
+		for i, p := range paths {
+			results[i].path = p
+			check := r == 0 // the warm-up run checks content
+			var cpuBefore time.Duration
+			if p.server != nil {
+				if r == 1 {
+					p.server.startProfile()
+				}
+				cpuBefore = p.server.cpu()
+			}
+			start := time.Now()
+			errs := make([]error, conc)
+			var wg sync.WaitGroup
+			for j := range conc {
+				wg.Go(func() { errs[j] = download(p, size, check, want) })
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			for _, err := range errs {
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", p.name, err)
+				}
+			}
+			if p.server != nil {
+				results[i].peakRSS = max(results[i].peakRSS, p.server.peakRSS())
+				if !check {
+					results[i].cpu += p.server.cpu() - cpuBefore
+				}
+			}
+			if !check {
+				times[i] = append(times[i], elapsed)
+			}
+		}
+	}
+	for i, p := range paths {
+		if p.server != nil {
+			p.server.stopProfile()
+		}
+		results[i].median = median(times[i])
+	}
+	return results, nil
+}
+
+// download fetches the log through p and checks its length, and its
+// content when check is set.
+func download(p path, size int64, check bool, want [32]byte) error {
+	h := sha256.New()
+	var w io.Writer = io.Discard
+	if check {
+		w = h
+	}
+	n, err := p.fetch(size, w)
+	if err != nil {
+		return err
+	}
+	if n != size {
+		return fmt.Errorf("got %d bytes, want %d", n, size)
+	}
+	if check && [32]byte(h.Sum(nil)) != want {
+		return fmt.Errorf("content differs from the upstream's")
+	}
+	return nil
+}
+
+// latencyRow is one path's small-log latency.
+type latencyRow struct {
+	upstream, path     string
+	p50, p99           time.Duration
+	proxyP50, proxyP99 time.Duration
+}
+
+// measureLatency times n sequential small-log requests per path and run,
+// the paths interleaved, after a checked warm-up request each.
+func measureLatency(kind string, paths []path, n, runs int) ([]latencyRow, error) {
+	want := digest(smallLog)
+	samples := make([][]time.Duration, len(paths))
+	for _, p := range paths {
+		if err := download(p, smallLog, true, want); err != nil {
+			return nil, fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	for range runs {
+		for i, p := range paths {
+			for range n {
+				start := time.Now()
+				if err := download(p, smallLog, false, want); err != nil {
+					return nil, fmt.Errorf("%s: %w", p.name, err)
+				}
+				samples[i] = append(samples[i], time.Since(start))
+			}
+		}
+	}
+	rows := make([]latencyRow, len(paths))
+	for i, p := range paths {
+		slices.Sort(samples[i])
+		rows[i] = latencyRow{upstream: kind, path: p.name, p50: quantile(samples[i], 0.50), p99: quantile(samples[i], 0.99)}
+	}
+	for i := range rows {
+		rows[i].proxyP50, rows[i].proxyP99 = rows[1].p50, rows[1].p99
+	}
+	return rows, nil
+}
+
+// quantile returns the q-quantile of sorted samples (nearest rank).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	i := int(float64(len(sorted))*q+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
