@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream"
@@ -35,19 +34,20 @@ import (
 // from the connection's TLS state and the request metadata, and marks the
 // context with service.WithAuthenticatedCaller.
 //
-// REST calls reach the gRPC server over the in-process connection, whose
-// peer is the gateway, not the caller: the REST handler authenticates the
-// HTTP request (its TLS client certificate, its Authorization header) and
-// passes the result as a metadata value, callerMarkerKey = a random secret
-// made at start. The interceptor believes that value only on connections
-// accepted from the in-process listener (their AuthInfo is inprocAuthInfo,
-// which no network connection can get); grpc-gateway maps no HTTP header to
-// that key, and a forged one would still need the secret. On network
-// connections the key means nothing.
+// REST calls reach the service through the in-process server (inproc.go),
+// whose peer is the gateway, not the caller: the REST handler authenticates
+// the HTTP request (its TLS client certificate, its Authorization header)
+// and passes the result as a metadata value, callerMarkerKey = a random
+// secret made at start. The interceptor believes that value only on calls
+// the in-process server marked (their peer's AuthInfo is inprocAuthInfo,
+// which no network connection can get: the in-process server listens on
+// none); grpc-gateway maps no HTTP header to that key, and a forged one
+// would still need the secret. On network connections the key means
+// nothing.
 
 // callerMarkerKey is the metadata key by which the REST mirror tells the
-// gRPC server, over the in-process connection, that it authenticated the
-// HTTP caller.
+// gRPC server, over the in-process channel, that it authenticated the HTTP
+// caller.
 const callerMarkerKey = "x-buildlog-authenticated-caller"
 
 // callerAuth authenticates callers that send no token.
@@ -170,43 +170,11 @@ func (f *tokenFile) contains(token string) bool {
 	return err == nil && token != "" && digests[sha256.Sum256([]byte(token))]
 }
 
-// inprocAuthInfo is the AuthInfo of connections from the in-process
-// listener: only listenerCreds gives it, only to an *inprocConn.
+// inprocAuthInfo is the peer AuthInfo of calls on the in-process server:
+// only markInproc gives it.
 type inprocAuthInfo struct{ credentials.CommonAuthInfo }
 
 func (inprocAuthInfo) AuthType() string { return "inprocess" }
-
-// inprocConn is a connection accepted from the in-process listener.
-type inprocConn struct{ net.Conn }
-
-// inprocListener marks the connections of the in-process listener.
-type inprocListener struct{ *bufconn.Listener }
-
-func (l inprocListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &inprocConn{c}, nil
-}
-
-// listenerCreds are the gRPC server's transport credentials: in-process
-// connections skip the handshake (they never leave memory) and are marked
-// as such; network connections get TLS, or none without a certificate.
-type listenerCreds struct {
-	credentials.TransportCredentials
-}
-
-func (c listenerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	if ic, ok := conn.(*inprocConn); ok {
-		return ic.Conn, inprocAuthInfo{credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
-	}
-	return c.TransportCredentials.ServerHandshake(conn)
-}
-
-func (c listenerCreds) Clone() credentials.TransportCredentials {
-	return listenerCreds{c.TransportCredentials.Clone()}
-}
 
 // security is what Config's security settings add to the server.
 type security struct {
@@ -235,7 +203,7 @@ func newSecurity(cfg Config) (*security, error) {
 		}
 		tc = credentials.NewTLS(s.certs.serverConfig("h2"))
 	}
-	s.grpcOpts = append(s.grpcOpts, grpc.Creds(listenerCreds{tc}))
+	s.grpcOpts = append(s.grpcOpts, grpc.Creds(tc))
 
 	var err error
 	if s.auth, err = newCallerAuth(cfg.TLSClientCAFile != "", cfg.CallerTokensFile, cfg.Logger); err != nil {

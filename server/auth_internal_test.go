@@ -3,19 +3,23 @@ package server
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net"
+	"sync"
 	"testing"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/test/bufconn"
 )
 
-// The in-process marker, even with the right secret, counts only on
-// connections from the in-process listener: a network caller that learnt
-// it gains nothing.
+// The in-process marker, even with the right secret, counts only on calls
+// through the in-process server: a network caller that learnt it gains
+// nothing.
 func TestMarkerTrustedOnlyInProcess(t *testing.T) {
 	t.Parallel()
 	a, err := newCallerAuth(false, "", slog.New(slog.DiscardHandler))
@@ -54,28 +58,48 @@ func TestMarkerTrustedOnlyInProcess(t *testing.T) {
 	}
 }
 
-// Only connections accepted from the in-process listener get the
-// in-process AuthInfo.
-func TestListenerCredsMarkOnlyInProcessConns(t *testing.T) {
+// Only calls through the in-process server get the in-process AuthInfo;
+// calls over a network connection to a server with the same options never
+// do.
+func TestOnlyInProcessCallsAreMarked(t *testing.T) {
 	t.Parallel()
-	creds := listenerCreds{insecure.NewCredentials()}
-	ln := bufconn.Listen(1 << 10)
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Dial(); err == nil {
-			defer c.Close()
-		}
-	}()
-	raw, err := ln.Accept()
+	var mu sync.Mutex
+	seen := map[string]bool{} // server → the call looked in-process
+	record := func(name string) grpc.ServerOption {
+		return grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			p, _ := peer.FromContext(ctx)
+			mu.Lock()
+			seen[name] = isInprocCall(ctx) && isInproc(p.AuthInfo)
+			mu.Unlock()
+			return h(ctx, req)
+		})
+	}
+	network := grpc.NewServer(record("network"))
+	inproc := newInprocServer([]grpc.ServerOption{record("inproc")})
+	for _, s := range []*grpc.Server{network, inproc} {
+		healthpb.RegisterHealthServer(s, health.NewServer())
+		defer s.Stop()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer raw.Close()
-	if _, info, _ := creds.ServerHandshake(raw); isInproc(info) {
-		t.Error("a connection not from inprocListener got the in-process AuthInfo")
+	go network.Serve(ln)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, info, _ := creds.ServerHandshake(&inprocConn{raw}); !isInproc(info) {
-		t.Error("an in-process connection did not get the in-process AuthInfo")
+	defer conn.Close()
+
+	for name, cc := range map[string]grpc.ClientConnInterface{"network": conn, "inproc": &inprocChannel{server: inproc}} {
+		if _, err := healthpb.NewHealthClient(cc).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := map[string]bool{"network": false, "inproc": true}; !maps.Equal(seen, want) {
+		t.Errorf("calls marked in-process: %v, want %v", seen, want)
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
@@ -82,10 +81,10 @@ func (s *Server) observeStreams(srv any, ss grpc.ServerStream, info *grpc.Stream
 	return err
 }
 
-// callPath tells REST mirror calls, which arrive over the in-process
-// connection, from gRPC callers'.
+// callPath tells REST mirror calls, which the in-process server marks
+// (markInproc), from gRPC callers'.
 func callPath(ctx context.Context) string {
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
+	if isInprocCall(ctx) {
 		return pathREST
 	}
 	return pathGRPC

@@ -2,9 +2,10 @@
 // the REST mirror on an HTTP listener, standard gRPC health and reflection,
 // and a graceful shutdown.
 //
-// The REST mirror reaches the service over an in-memory gRPC connection, so
-// REST calls pass through the same gRPC server (and its interceptors) as
-// gRPC calls without a network hop.
+// The REST mirror reaches the service over an in-process channel (see
+// inproc.go) through a gRPC server built with the same options as the
+// public one, so REST calls pass the same interceptors and stats handlers as
+// gRPC calls, without a network hop or HTTP/2 framing.
 package server
 
 import (
@@ -21,11 +22,9 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/buildlog/buildlog/gateway"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
@@ -43,27 +42,10 @@ const (
 
 // streamsBeyondDownloads is how many HTTP/2 streams a connection may open
 // beyond MaxDownloads, for health checks and reflection. The per-connection
-// limit cannot be lower than MaxDownloads: every REST download shares the
-// mirror's one in-process connection, and a stream over the limit would
-// wait in a queue instead of being refused.
+// limit cannot be lower than MaxDownloads: a client may multiplex all its
+// downloads on one connection, and a stream over the limit would wait in a
+// queue instead of being refused.
 const streamsBeyondDownloads = 32
-
-// inprocBufferSize is the buffer of the in-memory connection from the REST
-// mirror to the gRPC server.
-const inprocBufferSize = 1 << 20
-
-// gatewayConnWindow is the connection flow-control window of the REST
-// mirror's in-process connection. grpc-go returns connection window as soon
-// as it reads data, so a slow stream never holds it.
-const gatewayConnWindow = 16 << 20
-
-// gatewayStreamWindow is the stream flow-control window of the REST mirror's
-// in-process connection: how far the service may run ahead of a REST
-// client, so the memory a slow reader can pin. Two chunks keep the pipe full
-// on an in-memory connection.
-func gatewayStreamWindow(chunkSize int) int32 {
-	return int32(max(2*(chunkSize+messageOverhead), 64<<10))
-}
 
 // Config is the daemon's configuration.
 type Config struct {
@@ -132,12 +114,12 @@ type Server struct {
 	cfg        Config
 	grpcLn     net.Listener
 	httpLn     net.Listener
-	inprocLn   *bufconn.Listener
 	grpcServer *grpc.Server
 	httpServer *http.Server
-	gatewayCC  *grpc.ClientConn
 	health     *health.Server
 	upstream   *upstream.Client
+	// inprocServer serves the REST mirror's calls; see inprocChannel.
+	inprocServer *grpc.Server
 
 	metrics     *metrics
 	adminLn     net.Listener // nil when the admin endpoints are off
@@ -197,32 +179,25 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s := &Server{cfg: cfg, health: health.NewServer(), inprocLn: bufconn.Listen(inprocBufferSize), upstream: up, metrics: m}
+	s := &Server{cfg: cfg, health: health.NewServer(), upstream: up, metrics: m}
 	maxStreams := uint32(cfg.MaxDownloads + streamsBeyondDownloads)
-	s.grpcServer = grpc.NewServer(append(append(cfg.Keepalive.serverOptions(),
+	grpcOpts := append(append(cfg.Keepalive.serverOptions(),
 		grpc.MaxConcurrentStreams(maxStreams),
 		tr.serverOption(),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.observeStreams),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
-	), sec.grpcOpts...)...)
+	), sec.grpcOpts...)
+	s.grpcServer = grpc.NewServer(grpcOpts...)
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
 	m.grpc.InitializeMetrics(s.grpcServer)
 
-	s.gatewayCC, err = grpc.NewClient("passthrough:///buildlog-inprocess",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inprocLn.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// Static windows turn off BDP estimation, which would grow a stream's
-		// window (data buffered for a slow REST reader) to 16 MiB.
-		grpc.WithInitialWindowSize(gatewayStreamWindow(cfg.ChunkSize)),
-		grpc.WithInitialConnWindowSize(gatewayConnWindow),
-		tr.gatewayDialOption(),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("connect the REST mirror to the service: %w", err)
-	}
-	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(s.gatewayCC), sec.gatewayOpts...)
+	s.inprocServer = newInprocServer(grpcOpts)
+	buildlogv1.RegisterBuildLogServiceServer(s.inprocServer, svc)
+
+	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(
+		&inprocChannel{server: s.inprocServer, stats: tr.gatewayStatsHandler()}), sec.gatewayOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("build the REST mirror: %w", err)
 	}
@@ -274,7 +249,6 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 	}
 	serve("serve gRPC", func() error { return s.grpcServer.Serve(s.grpcLn) })
-	serve("serve in-process gRPC", func() error { return s.grpcServer.Serve(inprocListener{s.inprocLn}) })
 	serve("serve HTTP", func() error { return s.httpServer.Serve(s.httpLn) })
 	if s.adminLn != nil {
 		serve("serve admin HTTP", func() error { return s.adminServer.Serve(s.adminLn) })
@@ -300,13 +274,14 @@ func (s *Server) shutdown() {
 	defer cancel()
 
 	// Both servers stop accepting at once and drain under one deadline. REST
-	// downloads in flight ride on existing in-process gRPC streams, which
-	// GracefulStop lets finish.
+	// downloads in flight run on the in-process server, stopped once the
+	// REST server has drained (or been closed, which cancels them).
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := s.httpServer.Shutdown(ctx); err != nil {
 			s.httpServer.Close()
 		}
+		s.inprocServer.Stop()
 	})
 	wg.Go(func() {
 		stopped := make(chan struct{})
@@ -322,7 +297,6 @@ func (s *Server) shutdown() {
 		}
 	})
 	wg.Wait()
-	s.gatewayCC.Close()
 	s.upstream.CloseIdleConnections()
 	s.shutdownAdmin()
 	s.cfg.Logger.Info("stopped")

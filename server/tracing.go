@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 
 	"github.com/buildlog/buildlog/upstream"
 )
@@ -30,10 +31,10 @@ func (t tracing) serverOption() grpc.ServerOption {
 	return grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator)))
 }
 
-// gatewayDialOption carries the REST call's trace into the in-process gRPC
-// call.
-func (t tracing) gatewayDialOption() grpc.DialOption {
-	return grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator)))
+// gatewayStatsHandler carries the REST call's trace into the in-process
+// gRPC call (see inprocChannel).
+func (t tracing) gatewayStatsHandler() stats.Handler {
+	return otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator))
 }
 
 // restHandler continues a REST caller's trace.

@@ -1,0 +1,565 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+)
+
+// newInprocServer returns the gRPC server of the REST mirror's in-process
+// channel: built with opts, the public server's options, so REST calls pass
+// the same interceptors and stats handlers, and with markInproc first. A
+// server of its own, never listening on a network, because GracefulStop
+// ends ServeHTTP calls at once: the in-process server stops after the REST
+// server has drained.
+func newInprocServer(opts []grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append([]grpc.ServerOption{
+		grpc.ChainStreamInterceptor(markInprocStream),
+		grpc.ChainUnaryInterceptor(markInprocUnary),
+	}, opts...)...)
+}
+
+// markInprocStream and markInprocUnary give each call on the in-process
+// server a peer with inprocAuthInfo, which no network connection can have:
+// caller authentication trusts the REST mirror's marker only on such calls
+// (auth.go), and metrics and logs tell REST calls by it (callPath).
+func markInprocStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &markedStream{ServerStream: ss, ctx: inprocContext(ss.Context())})
+}
+
+func markInprocUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return handler(inprocContext(ctx), req)
+}
+
+func inprocContext(ctx context.Context) context.Context {
+	return peer.NewContext(ctx, &peer.Peer{
+		Addr:     inprocAddr{},
+		AuthInfo: inprocAuthInfo{credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}},
+	})
+}
+
+// isInprocCall reports whether ctx is a call that came through the REST
+// mirror's in-process channel.
+func isInprocCall(ctx context.Context) bool {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	_, inproc := p.AuthInfo.(inprocAuthInfo)
+	return inproc
+}
+
+// inprocAddr is the peer address of in-process calls.
+type inprocAddr struct{}
+
+func (inprocAddr) Network() string { return "inprocess" }
+func (inprocAddr) String() string  { return "buildlog-rest-mirror" }
+
+// inprocMaxMessage bounds a response message on the in-process channel, as
+// gRPC clients bound received messages by default (4 MiB).
+const inprocMaxMessage = 4 << 20
+
+// inprocChannel is the REST mirror's connection to the service: a
+// grpc.ClientConnInterface that runs each call through
+// grpc.Server.ServeHTTP in this process, so REST calls pass the gRPC
+// server's interceptors and stats handlers as gRPC calls do, without HTTP/2
+// framing, flow control or a second copy of the log.
+//
+// Each response message is handed to the caller as a slice of the server's
+// encoded message, without a copy: the server's write blocks until the
+// caller's next RecvMsg, so the bytes stay valid while the REST mirror
+// writes them, and a slow REST reader holds the service to about two
+// encoded chunks. The caller must therefore not keep a message's bytes past
+// its next RecvMsg, which grpc-gateway's streaming forwarder never does.
+// (grpc.Server.ServeHTTP is marked experimental in grpc-go; it has kept its
+// shape since 2016.)
+type inprocChannel struct {
+	server http.Handler // a *grpc.Server
+	// stats, when set, is told of each call as a gRPC client's stats
+	// handler is (begin, end), so the REST call's trace continues into the
+	// service as it would over a connection with grpc.WithStatsHandler.
+	stats stats.Handler
+}
+
+var _ grpc.ClientConnInterface = (*inprocChannel)(nil)
+
+// Invoke implements grpc.ClientConnInterface, for unary methods.
+func (c *inprocChannel) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	s, err := c.NewStream(ctx, &grpc.StreamDesc{}, method, opts...)
+	if err != nil {
+		return err
+	}
+	if err := s.SendMsg(args); err != nil {
+		return err
+	}
+	if err := s.CloseSend(); err != nil {
+		return err
+	}
+	if err := s.RecvMsg(reply); err != nil {
+		return err
+	}
+	if err := s.RecvMsg(reply); err != io.EOF {
+		if err == nil {
+			return status.Error(codes.Internal, "unary call answered with more than one message")
+		}
+		return err
+	}
+	return nil
+}
+
+// NewStream implements grpc.ClientConnInterface. Call options are ignored:
+// the REST mirror passes none. The call starts at CloseSend (or the first
+// Header or RecvMsg) with the request messages sent so far: the channel
+// serves unary and server-streaming methods, whose request is one message,
+// and saves a goroutine handoff per call that way.
+func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	end := func(error) {}
+	if c.stats != nil {
+		ctx = c.stats.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: method})
+		begin := time.Now()
+		c.stats.HandleRPC(ctx, &stats.Begin{Client: true, BeginTime: begin, IsClientStream: desc.ClientStreams, IsServerStream: desc.ServerStreams})
+		var once sync.Once
+		end = func(err error) {
+			once.Do(func() {
+				if err == io.EOF {
+					err = nil
+				}
+				c.stats.HandleRPC(ctx, &stats.End{Client: true, BeginTime: begin, EndTime: time.Now(), Error: err})
+			})
+		}
+	}
+	header := http.Header{"Content-Type": {"application/grpc"}}
+	if deadline, ok := ctx.Deadline(); ok {
+		timeout := time.Until(deadline)
+		if timeout <= 0 {
+			err := status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+			end(err)
+			return nil, err
+		}
+		header.Set("Grpc-Timeout", encodeTimeout(timeout))
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	for k, vs := range md {
+		for _, v := range vs {
+			if strings.HasSuffix(k, "-bin") {
+				v = base64.RawStdEncoding.EncodeToString([]byte(v))
+			}
+			header.Add(k, v)
+		}
+	}
+
+	// The server's context carries the caller's cancellation but none of
+	// its values, as over a network.
+	srvCtx, cancel := context.WithCancel(context.Background())
+	req := (&http.Request{
+		Method:     http.MethodPost,
+		URL:        &url.URL{Path: method},
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		Header:     header,
+		Host:       "buildlog-inprocess",
+	}).WithContext(srvCtx)
+
+	s := &inprocStream{
+		ctx:    ctx,
+		cancel: cancel,
+		end:    end,
+		resp: &inprocResponse{
+			header:      http.Header{},
+			headerReady: make(chan struct{}),
+			msgs:        make(chan []byte),
+			release:     make(chan struct{}),
+			gone:        srvCtx.Done(),
+		},
+		finished: make(chan struct{}),
+	}
+	s.start = func() {
+		req.Body = io.NopCloser(bytes.NewReader(s.request))
+		// A caller that goes away without a last RecvMsg ends the call too.
+		stopAfter := context.AfterFunc(ctx, func() {
+			cancel()
+			end(status.FromContextError(ctx.Err()).Err())
+		})
+		go func() {
+			defer close(s.finished)
+			defer cancel()
+			defer stopAfter()
+			c.server.ServeHTTP(s.resp, req)
+			s.resp.sendHeader()
+		}()
+	}
+	return s, nil
+}
+
+// inprocStream is the client side of one in-process call.
+type inprocStream struct {
+	ctx      context.Context
+	cancel   context.CancelFunc // the server's context
+	request  []byte             // the framed request messages
+	start    func()             // starts the call, once: see started
+	started  bool
+	end      func(error) // reports the end of the call to the stats handler, once
+	resp     *inprocResponse
+	finished chan struct{} // closed when ServeHTTP has returned
+	holding  bool          // a message was received and its write not yet released
+	err      error         // the final result of RecvMsg, once known
+}
+
+// begin starts the call if CloseSend has not.
+func (s *inprocStream) begin() {
+	if !s.started {
+		s.started = true
+		s.start()
+	}
+}
+
+// Header implements grpc.ClientStream: it waits for the response headers.
+func (s *inprocStream) Header() (metadata.MD, error) {
+	s.begin()
+	select {
+	case <-s.resp.headerReady:
+		return s.resp.sentHeader, nil
+	case <-s.ctx.Done():
+		return nil, status.FromContextError(s.ctx.Err()).Err()
+	}
+}
+
+// Trailer implements grpc.ClientStream; it is valid once RecvMsg has
+// returned an error or io.EOF.
+func (s *inprocStream) Trailer() metadata.MD {
+	select {
+	case <-s.finished:
+	default:
+		return nil
+	}
+	md := metadata.MD{}
+	for k, vs := range s.resp.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			addMetadata(md, name, vs)
+		}
+	}
+	return md
+}
+
+// CloseSend implements grpc.ClientStream: it starts the call.
+func (s *inprocStream) CloseSend() error {
+	s.begin()
+	return nil
+}
+
+// Context implements grpc.ClientStream.
+func (s *inprocStream) Context() context.Context { return s.ctx }
+
+// SendMsg implements grpc.ClientStream.
+func (s *inprocStream) SendMsg(m any) error {
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "in-process call: cannot encode %T", m)
+	}
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return status.Errorf(codes.Internal, "in-process call: encode request: %v", err)
+	}
+	if s.started {
+		return status.Error(codes.Internal, "in-process call: a request message after CloseSend")
+	}
+	s.request = binary.BigEndian.AppendUint32(append(s.request, 0), uint32(len(b)))
+	s.request = append(s.request, b...)
+	return nil
+}
+
+// RecvMsg implements grpc.ClientStream. It releases the previous message's
+// bytes to the server, then waits for the next message or the end of the
+// call.
+func (s *inprocStream) RecvMsg(m any) error {
+	if s.err != nil {
+		return s.err
+	}
+	s.begin()
+	if s.holding {
+		s.holding = false
+		select {
+		case s.resp.release <- struct{}{}:
+		case <-s.resp.gone:
+		}
+	}
+	select {
+	case b := <-s.resp.msgs:
+		s.holding = true
+		if err := unmarshalAliasing(b, m); err != nil {
+			return s.fail(status.Errorf(codes.Internal, "in-process call: decode response: %v", err))
+		}
+		return nil
+	case <-s.finished:
+		return s.fail(s.resp.result())
+	case <-s.ctx.Done():
+		return s.fail(status.FromContextError(s.ctx.Err()).Err())
+	}
+}
+
+// fail records the call's outcome and releases the server side.
+func (s *inprocStream) fail(err error) error {
+	s.err = err
+	s.cancel()
+	s.end(err)
+	return err
+}
+
+// inprocResponse is the http.ResponseWriter the gRPC server answers one
+// in-process call on. Its methods run on the ServeHTTP goroutine; they
+// parse the gRPC message framing and hand each message to RecvMsg.
+type inprocResponse struct {
+	header      http.Header // the server's; read by the client after ServeHTTP returns
+	headerOnce  sync.Once
+	headerReady chan struct{} // closed once sentHeader is set
+	sentHeader  metadata.MD
+
+	msgs    chan []byte   // one message at a time to RecvMsg
+	release chan struct{} // RecvMsg is done with the message
+	gone    <-chan struct{}
+
+	prefix  [5]byte // the current message's length prefix
+	nprefix int     // bytes of prefix received
+	want    int     // the current message's length
+	partial []byte  // a message split across writes, gathered
+}
+
+func (w *inprocResponse) Header() http.Header { return w.header }
+
+func (w *inprocResponse) WriteHeader(int) { w.sendHeader() }
+
+func (w *inprocResponse) Flush() { w.sendHeader() }
+
+// sendHeader publishes the response headers, once.
+func (w *inprocResponse) sendHeader() {
+	w.headerOnce.Do(func() {
+		md := metadata.MD{}
+		for k, vs := range w.header {
+			switch strings.ToLower(k) {
+			case "content-type", "trailer", "grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-encoding":
+				continue
+			}
+			addMetadata(md, k, vs)
+		}
+		w.sentHeader = md
+		close(w.headerReady)
+	})
+}
+
+var errInprocGone = errors.New("in-process call: the client is gone")
+
+// Write receives the length-prefixed messages of the response and hands
+// each one to RecvMsg, returning once RecvMsg is done with it. A message
+// that arrives whole in one write is handed over without a copy.
+func (w *inprocResponse) Write(p []byte) (int, error) {
+	w.sendHeader()
+	n := len(p)
+	for len(p) > 0 {
+		if w.nprefix < len(w.prefix) {
+			k := copy(w.prefix[w.nprefix:], p)
+			w.nprefix += k
+			p = p[k:]
+			if w.nprefix < len(w.prefix) {
+				break
+			}
+			if w.prefix[0] != 0 {
+				return 0, errors.New("in-process call: compressed message")
+			}
+			size := binary.BigEndian.Uint32(w.prefix[1:])
+			if size > inprocMaxMessage {
+				return 0, errors.New("in-process call: message too large")
+			}
+			w.want = int(size)
+			if w.want == 0 {
+				if err := w.deliver(nil); err != nil {
+					return 0, err
+				}
+			}
+			continue
+		}
+		if w.partial == nil && len(p) >= w.want {
+			msg := p[:w.want]
+			p = p[w.want:]
+			if err := w.deliver(msg); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if w.partial == nil {
+			w.partial = make([]byte, 0, w.want)
+		}
+		k := min(len(p), w.want-len(w.partial))
+		w.partial = append(w.partial, p[:k]...)
+		p = p[k:]
+		if len(w.partial) == w.want {
+			if err := w.deliver(w.partial); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// deliver hands msg to RecvMsg and waits until RecvMsg is done with it,
+// then expects the next message's prefix.
+func (w *inprocResponse) deliver(msg []byte) error {
+	w.nprefix, w.want, w.partial = 0, 0, nil
+	select {
+	case w.msgs <- msg:
+	case <-w.gone:
+		return errInprocGone
+	}
+	select {
+	case <-w.release:
+		return nil
+	case <-w.gone:
+		return errInprocGone
+	}
+}
+
+// result is the call's status from the trailers, once ServeHTTP returned:
+// io.EOF for OK.
+func (w *inprocResponse) result() error {
+	h := w.header
+	code := h.Get("Grpc-Status")
+	if code == "" {
+		// ServeHTTP refused the call before it started (a stopped server).
+		return status.Error(codes.Unavailable, "the service is not serving")
+	}
+	c, err := strconv.ParseUint(code, 10, 32)
+	if err != nil {
+		return status.Errorf(codes.Internal, "in-process call: bad grpc-status %q", code)
+	}
+	if codes.Code(c) == codes.OK {
+		return io.EOF
+	}
+	if details := h.Get("Grpc-Status-Details-Bin"); details != "" {
+		b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(details, "="))
+		st := &spb.Status{}
+		if err == nil && proto.Unmarshal(b, st) == nil && st.GetCode() == int32(c) {
+			return status.FromProto(st).Err()
+		}
+	}
+	msg, err := url.PathUnescape(h.Get("Grpc-Message"))
+	if err != nil {
+		msg = h.Get("Grpc-Message")
+	}
+	return status.Error(codes.Code(c), msg)
+}
+
+// addMetadata adds an HTTP header's values to md, decoding binary ones.
+func addMetadata(md metadata.MD, key string, vs []string) {
+	key = strings.ToLower(key)
+	for _, v := range vs {
+		if strings.HasSuffix(key, "-bin") {
+			b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(v, "="))
+			if err != nil {
+				continue
+			}
+			v = string(b)
+		}
+		md.Append(key, v)
+	}
+}
+
+// encodeTimeout renders d as a grpc-timeout header value: at most eight
+// digits and a unit, rounded up.
+func encodeTimeout(d time.Duration) string {
+	for _, u := range []struct {
+		unit string
+		size time.Duration
+	}{{"n", time.Nanosecond}, {"u", time.Microsecond}, {"m", time.Millisecond}, {"S", time.Second}, {"M", time.Minute}} {
+		if v := (d + u.size - 1) / u.size; v <= 99999999 {
+			return strconv.FormatInt(int64(v), 10) + u.unit
+		}
+	}
+	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
+}
+
+// unmarshalAliasing decodes b into m. A DownloadTaskLogResponse's data
+// aliases b instead of being copied, the point of the in-process channel;
+// anything else, or a response with fields this decoder does not know, goes
+// through proto.Unmarshal.
+func unmarshalAliasing(b []byte, m any) error {
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return errors.New("not a proto message")
+	}
+	chunk, ok := m.(*buildlogv1.DownloadTaskLogResponse)
+	if !ok || !unmarshalChunk(b, chunk) {
+		return proto.Unmarshal(b, msg)
+	}
+	return nil
+}
+
+// unmarshalChunk decodes a DownloadTaskLogResponse with its data aliasing
+// b. It reports false, having changed nothing, for input it does not
+// handle: unknown fields, wrong wire types, or malformed input (which
+// proto.Unmarshal then reports).
+func unmarshalChunk(b []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
+	var (
+		data     []byte
+		offset   int64
+		metadata []byte // the last metadata field; several are merged by proto.Unmarshal
+		mdCount  int
+	)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			data, n = protowire.ConsumeBytes(b)
+		case num == 2 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(b)
+			offset = int64(v)
+		case num == 3 && typ == protowire.BytesType:
+			metadata, n = protowire.ConsumeBytes(b)
+			mdCount++
+		default:
+			return false
+		}
+		if n < 0 || mdCount > 1 {
+			return false
+		}
+		b = b[n:]
+	}
+	var md *buildlogv1.LogMetadata
+	if mdCount > 0 {
+		md = &buildlogv1.LogMetadata{}
+		if proto.Unmarshal(metadata, md) != nil {
+			return false
+		}
+	}
+	if len(data) == 0 {
+		data = nil // as proto.Unmarshal leaves an empty proto3 bytes field
+	}
+	proto.Reset(m)
+	m.Data, m.Offset, m.Metadata = data, offset, md
+	return true
+}

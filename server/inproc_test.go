@@ -1,0 +1,333 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/service"
+	"github.com/buildlog/buildlog/upstream"
+	"github.com/buildlog/buildlog/upstream/upstreamtest"
+)
+
+// observer records what a gRPC server's interceptors and stats handler see.
+type observer struct {
+	mu        sync.Mutex
+	methods   []string
+	deadlines []bool
+	tokens    []string
+	ends      int
+}
+
+func (o *observer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	o.see(ss.Context(), info.FullMethod)
+	return handler(srv, ss)
+}
+
+func (o *observer) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	o.see(ctx, info.FullMethod)
+	return handler(ctx, req)
+}
+
+func (o *observer) see(ctx context.Context, method string) {
+	_, hasDeadline := ctx.Deadline()
+	md, _ := metadata.FromIncomingContext(ctx)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.methods = append(o.methods, method)
+	o.deadlines = append(o.deadlines, hasDeadline)
+	o.tokens = append(o.tokens, md.Get(service.TokenMetadataKey)...)
+}
+
+func (o *observer) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (o *observer) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (o *observer) HandleConn(context.Context, stats.ConnStats) {}
+func (o *observer) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.End); ok {
+		o.mu.Lock()
+		o.ends++
+		o.mu.Unlock()
+	}
+}
+
+// startInproc serves the real service, in front of a simulated upstream,
+// on a gRPC server with an interceptor and a stats handler, and returns an
+// in-process channel to it.
+func startInproc(t *testing.T) (*inprocChannel, *upstreamtest.Server, *observer) {
+	t.Helper()
+	up := upstreamtest.NewServer()
+	t.Cleanup(up.Close)
+	up.AddToken("tok")
+	client, err := upstream.New(up.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.CloseIdleConnections)
+	svc, err := service.New(client, service.WithChunkSize(4<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := &observer{}
+	srv := grpc.NewServer(grpc.ChainStreamInterceptor(obs.stream), grpc.ChainUnaryInterceptor(obs.unary), grpc.StatsHandler(obs))
+	buildlogv1.RegisterBuildLogServiceServer(srv, svc)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	t.Cleanup(srv.Stop)
+	return &inprocChannel{server: srv}, up, obs
+}
+
+const inprocRecord = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+func TestInprocStreamPassesInterceptorsAndStats(t *testing.T) {
+	t.Parallel()
+	ch, up, obs := startInproc(t)
+	const size = 300<<10 + 7
+	up.AddLog(inprocRecord, "stage1", upstreamtest.Log{Size: size})
+
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, "tok"), time.Hour)
+	defer cancel()
+	stream, err := buildlogv1.NewBuildLogServiceClient(ch).DownloadTaskLog(ctx,
+		&buildlogv1.DownloadTaskLogRequest{RecordId: inprocRecord, TaskName: "stage1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Header(); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	var first *buildlogv1.DownloadTaskLogResponse
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == nil {
+			first = msg
+		}
+		if msg.GetOffset() != int64(len(got)) {
+			t.Fatalf("message at offset %d, want %d", msg.GetOffset(), len(got))
+		}
+		got = append(got, msg.GetData()...)
+	}
+	if want := upstreamtest.Generate(size, "INFO", "stage1"); !bytes.Equal(got, want) {
+		t.Errorf("got %d bytes differing from the log's %d", len(got), len(want))
+	}
+	if first.GetMetadata().GetTotalSize() != size {
+		t.Errorf("metadata total_size = %d, want %d", first.GetMetadata().GetTotalSize(), size)
+	}
+
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.methods) != 1 || obs.methods[0] != buildlogv1.BuildLogService_DownloadTaskLog_FullMethodName {
+		t.Errorf("interceptor saw %v, want one %s", obs.methods, buildlogv1.BuildLogService_DownloadTaskLog_FullMethodName)
+	}
+	if len(obs.deadlines) != 1 || !obs.deadlines[0] {
+		t.Errorf("the server saw no deadline")
+	}
+	if len(obs.tokens) != 1 || obs.tokens[0] != "tok" {
+		t.Errorf("the server saw tokens %q, want the caller's", obs.tokens)
+	}
+	if obs.ends != 1 {
+		t.Errorf("stats handler saw %d ends, want 1", obs.ends)
+	}
+}
+
+func TestInprocErrorsKeepCodeAndDetails(t *testing.T) {
+	t.Parallel()
+	ch, _, _ := startInproc(t)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, "tok")
+	stream, err := buildlogv1.NewBuildLogServiceClient(ch).DownloadTaskLog(ctx,
+		&buildlogv1.DownloadTaskLogRequest{RecordId: "not-a-record", TaskName: "stage1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument {
+		t.Fatalf("got %v, want InvalidArgument", err)
+	}
+	if len(st.Details()) == 0 {
+		t.Errorf("status lost its details: %v", st.Proto())
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a second Recv got %v, want the same error", err)
+	}
+}
+
+func TestInprocUnary(t *testing.T) {
+	t.Parallel()
+	ch, _, obs := startInproc(t)
+	resp, err := healthpb.NewHealthClient(ch).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health = %v, want SERVING", resp.GetStatus())
+	}
+	_, err = healthpb.NewHealthClient(ch).Check(context.Background(), &healthpb.HealthCheckRequest{Service: "no.such.Service"})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("unknown service: got %v, want NotFound", err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.methods) != 2 || obs.deadlines[0] {
+		t.Errorf("interceptor saw %v (deadlines %v), want two calls without deadline", obs.methods, obs.deadlines)
+	}
+}
+
+// TestInprocCancelStopsTheServer cancels a download whose reader holds a
+// message, and checks that the call ends on both sides.
+func TestInprocCancelStopsTheServer(t *testing.T) {
+	t.Parallel()
+	ch, up, obs := startInproc(t)
+	up.AddLog(inprocRecord, "stage1", upstreamtest.Log{Size: 1 << 30})
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, "tok"))
+	stream, err := buildlogv1.NewBuildLogServiceClient(ch).DownloadTaskLog(ctx,
+		&buildlogv1.DownloadTaskLogRequest{RecordId: inprocRecord, TaskName: "stage1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := stream.Recv(); status.Code(err) != codes.Canceled {
+		t.Errorf("Recv after cancel: got %v, want Canceled", err)
+	}
+	// The server side ends: its stats handler sees the end of the call.
+	for range 200 {
+		obs.mu.Lock()
+		ends := obs.ends
+		obs.mu.Unlock()
+		if ends == 1 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Error("the server never ended the cancelled call")
+}
+
+func TestInprocStoppedServerIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ch, _, _ := startInproc(t)
+	ch.server.(*grpc.Server).Stop()
+	_, err := healthpb.NewHealthClient(ch).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("got %v, want Unavailable", err)
+	}
+}
+
+func TestUnmarshalChunkMatchesProto(t *testing.T) {
+	t.Parallel()
+	withMetadata := &buildlogv1.DownloadTaskLogResponse{
+		Data: []byte("line 1\nline 2\n"), Offset: 1 << 40,
+		Metadata: &buildlogv1.LogMetadata{ContentType: "text/plain", FileName: "a.log", TotalSize: proto.Int64(99), RequestId: "r-1"},
+	}
+	encode := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tests := []struct {
+		name    string
+		in      []byte
+		aliases bool // data is a slice of in, not a copy
+	}{
+		{name: "empty", in: nil},
+		{name: "data only", in: encode(&buildlogv1.DownloadTaskLogResponse{Data: bytes.Repeat([]byte("x"), 70000)}), aliases: true},
+		{name: "all fields", in: encode(withMetadata), aliases: true},
+		{name: "repeated data, last wins", in: protowire.AppendBytes(protowire.AppendTag(encode(withMetadata), 1, protowire.BytesType), []byte("second")), aliases: true},
+		{name: "metadata twice is merged", in: append(encode(withMetadata), encode(&buildlogv1.DownloadTaskLogResponse{Metadata: &buildlogv1.LogMetadata{FileName: "b.log"}})...)},
+		{name: "unknown field", in: protowire.AppendVarint(protowire.AppendTag(encode(withMetadata), 9, protowire.VarintType), 5)},
+		{name: "truncated", in: encode(withMetadata)[:10]},
+		{name: "bad metadata", in: protowire.AppendBytes(protowire.AppendTag(nil, 3, protowire.BytesType), []byte{0xff})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			want := &buildlogv1.DownloadTaskLogResponse{}
+			wantErr := proto.Unmarshal(tt.in, want)
+			got := &buildlogv1.DownloadTaskLogResponse{}
+			gotErr := unmarshalAliasing(tt.in, got)
+			if (gotErr != nil) != (wantErr != nil) {
+				t.Fatalf("error %v, want %v", gotErr, wantErr)
+			}
+			if wantErr == nil && !proto.Equal(got, want) {
+				t.Errorf("got %v, want %v", got, want)
+			}
+			if aliased := len(got.Data) > 0 && sameMemory(got.Data, tt.in); aliased != tt.aliases {
+				t.Errorf("data aliases the input: %v, want %v", aliased, tt.aliases)
+			}
+		})
+	}
+}
+
+// sameMemory reports whether sub lies within b.
+func sameMemory(sub, b []byte) bool {
+	for i := range len(b) - len(sub) + 1 {
+		if &b[i] == &sub[0] {
+			return true
+		}
+	}
+	return false
+}
+
+func FuzzUnmarshalChunk(f *testing.F) {
+	md := &buildlogv1.LogMetadata{FileName: "x.log", TotalSize: proto.Int64(3)}
+	for _, m := range []*buildlogv1.DownloadTaskLogResponse{{}, {Data: []byte("abc"), Offset: 7, Metadata: md}} {
+		b, _ := proto.Marshal(m)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		want := &buildlogv1.DownloadTaskLogResponse{}
+		wantErr := proto.Unmarshal(in, want)
+		got := &buildlogv1.DownloadTaskLogResponse{}
+		gotErr := unmarshalAliasing(in, got)
+		if (gotErr != nil) != (wantErr != nil) {
+			t.Fatalf("error %v, want %v", gotErr, wantErr)
+		}
+		if wantErr == nil && !proto.Equal(got, want) {
+			t.Errorf("got %v, want %v", got, want)
+		}
+	})
+}
+
+func TestEncodeTimeout(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   time.Duration
+		want string
+	}{
+		{time.Nanosecond, "1n"},
+		{99999999 * time.Nanosecond, "99999999n"},
+		{100000000 * time.Nanosecond, "100000u"},
+		{time.Hour, "3600000m"},
+		{100000 * time.Second, "100000S"},
+		{10000 * time.Hour, "36000000S"},
+	}
+	for _, tt := range tests {
+		if got := encodeTimeout(tt.in); got != tt.want {
+			t.Errorf("encodeTimeout(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
