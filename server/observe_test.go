@@ -391,13 +391,21 @@ func TestTraceReachesUpstream(t *testing.T) {
 		if len(parts) == 4 && parts[2] == "b7ad6b7169203331" {
 			t.Errorf("%s: upstream got the caller's own span id: buildlogd's spans are missing from the trace", tc.name)
 		}
-		var names []string
-		for _, span := range exporter.GetSpans() {
-			if span.SpanContext.TraceID().String() == tc.traceID {
-				names = append(names, span.Name)
+		// The service's span ends when its stream does, which on the REST
+		// path may follow the response by a moment: wait for it.
+		var joined string
+		for range 500 {
+			var names []string
+			for _, span := range exporter.GetSpans() {
+				if span.SpanContext.TraceID().String() == tc.traceID {
+					names = append(names, span.Name)
+				}
 			}
+			if joined = strings.Join(names, ", "); strings.Contains(joined, "BuildLogService/DownloadTaskLog") {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		joined := strings.Join(names, ", ")
 		for _, want := range []string{"buildlog.v1.BuildLogService/DownloadTaskLog", "upstream GET /v4/{record_id}/task-log"} {
 			if !strings.Contains(joined, want) {
 				t.Errorf("%s: spans in the trace: %s; want one named %q", tc.name, joined, want)
