@@ -87,12 +87,13 @@ const inprocMaxMessage = 4 << 20
 // server's interceptors and stats handlers as gRPC calls do, without HTTP/2
 // framing, flow control or a second copy of the log.
 //
-// Each response message is handed to the caller as a slice of the server's
-// encoded message, without a copy: the server's write blocks until the
-// caller's next RecvMsg, so the bytes stay valid while the REST mirror
-// writes them, and a slow REST reader holds the service to about two
-// encoded chunks. The caller must therefore not keep a message's bytes past
-// its next RecvMsg, which grpc-gateway's streaming forwarder never does.
+// Each response message is copied once, into a buffer of the call that the
+// server refills only after the caller's next RecvMsg, and decoded with its
+// data aliasing that buffer: the bytes stay valid while the REST mirror
+// writes them, even if the call is cancelled meanwhile, and a slow REST
+// reader holds the service to a few chunks. The caller must not keep a
+// message's bytes past its next RecvMsg, which grpc-gateway's streaming
+// forwarder never does.
 // (grpc.Server.ServeHTTP is marked experimental in grpc-go; it has kept its
 // shape since 2016.)
 type inprocChannel struct {
@@ -189,12 +190,13 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 		resp: &inprocResponse{
 			header:      http.Header{},
 			headerReady: make(chan struct{}),
-			msgs:        make(chan []byte),
-			release:     make(chan struct{}),
+			msgs:        make(chan []byte, 1),
+			free:        make(chan []byte, 1),
 			gone:        srvCtx.Done(),
 		},
 		finished: make(chan struct{}),
 	}
+	s.resp.free <- nil // the call's message buffer, grown on first use
 	s.start = func() {
 		req.Body = io.NopCloser(bytes.NewReader(s.request))
 		// A caller that goes away without a last RecvMsg ends the call too.
@@ -223,7 +225,8 @@ type inprocStream struct {
 	end      func(error) // reports the end of the call to the stats handler, once
 	resp     *inprocResponse
 	finished chan struct{} // closed when ServeHTTP has returned
-	holding  bool          // a message was received and its write not yet released
+	held     []byte        // the buffer of the message last received
+	holding  bool          // held is the caller's until its next RecvMsg
 	err      error         // the final result of RecvMsg, once known
 }
 
@@ -299,24 +302,34 @@ func (s *inprocStream) RecvMsg(m any) error {
 	}
 	s.begin()
 	if s.holding {
+		// The buffer goes back to the server for the next message. free is
+		// empty while the caller holds the only buffer, so this never blocks.
 		s.holding = false
-		select {
-		case s.resp.release <- struct{}{}:
-		case <-s.resp.gone:
-		}
+		s.resp.free <- s.held
 	}
 	select {
 	case b := <-s.resp.msgs:
-		s.holding = true
-		if err := unmarshalAliasing(b, m); err != nil {
-			return s.fail(status.Errorf(codes.Internal, "in-process call: decode response: %v", err))
-		}
-		return nil
+		return s.receive(b, m)
 	case <-s.finished:
-		return s.fail(s.resp.result())
+		// A last message may still wait, sent before ServeHTTP returned.
+		select {
+		case b := <-s.resp.msgs:
+			return s.receive(b, m)
+		default:
+			return s.fail(s.resp.result())
+		}
 	case <-s.ctx.Done():
 		return s.fail(status.FromContextError(s.ctx.Err()).Err())
 	}
+}
+
+// receive decodes message b, which the caller holds until its next RecvMsg.
+func (s *inprocStream) receive(b []byte, m any) error {
+	s.held, s.holding = b, true
+	if err := unmarshalAliasing(b, m); err != nil {
+		return s.fail(status.Errorf(codes.Internal, "in-process call: decode response: %v", err))
+	}
+	return nil
 }
 
 // fail records the call's outcome and releases the server side.
@@ -336,9 +349,13 @@ type inprocResponse struct {
 	headerReady chan struct{} // closed once sentHeader is set
 	sentHeader  metadata.MD
 
-	msgs    chan []byte   // one message at a time to RecvMsg
-	release chan struct{} // RecvMsg is done with the message
-	gone    <-chan struct{}
+	// One buffer per call carries the messages: the server copies a message
+	// into it, sends it on msgs, and takes it back from free for the next
+	// one, which RecvMsg puts there once the caller is done with it. Both
+	// channels hold one; the buffer is in exactly one place at a time.
+	msgs chan []byte
+	free chan []byte
+	gone <-chan struct{}
 
 	prefix  [5]byte // the current message's length prefix
 	nprefix int     // bytes of prefix received
@@ -371,8 +388,7 @@ func (w *inprocResponse) sendHeader() {
 var errInprocGone = errors.New("in-process call: the client is gone")
 
 // Write receives the length-prefixed messages of the response and hands
-// each one to RecvMsg, returning once RecvMsg is done with it. A message
-// that arrives whole in one write is handed over without a copy.
+// each one to RecvMsg (deliver).
 func (w *inprocResponse) Write(p []byte) (int, error) {
 	w.sendHeader()
 	n := len(p)
@@ -422,21 +438,21 @@ func (w *inprocResponse) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// deliver hands msg to RecvMsg and waits until RecvMsg is done with it,
-// then expects the next message's prefix.
+// deliver waits until the caller has given back the call's buffer (it
+// holds the previous message until its next RecvMsg), copies msg into it
+// and sends it, then expects the next message's prefix. If the caller goes
+// away meanwhile, the buffer stays with it: bytes it may still be writing
+// are never overwritten.
 func (w *inprocResponse) deliver(msg []byte) error {
 	w.nprefix, w.want, w.partial = 0, 0, nil
+	var buf []byte
 	select {
-	case w.msgs <- msg:
+	case buf = <-w.free:
 	case <-w.gone:
 		return errInprocGone
 	}
-	select {
-	case <-w.release:
-		return nil
-	case <-w.gone:
-		return errInprocGone
-	}
+	w.msgs <- append(buf[:0], msg...) // never blocks: msgs is empty while free was full
+	return nil
 }
 
 // result is the call's status from the trailers, once ServeHTTP returned:
