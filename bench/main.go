@@ -248,7 +248,7 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 		}
 		c, err := startChild(bin.buildlogd, profileEnv(name), args...)
 		if err == nil {
-			stops = append(stops, c.stop)
+			stops = append(stops, c.Stop)
 		}
 		return c, err
 	}
@@ -256,7 +256,7 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 	if err != nil {
 		return nil, nil, err
 	}
-	stops = append(stops, proxy.stop)
+	stops = append(stops, proxy.Stop)
 	restFacade, err := startFacade("rest")
 	if err != nil {
 		return nil, nil, err
@@ -265,7 +265,7 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := grpc.NewClient(grpcFacade.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(grpcFacade.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -275,8 +275,8 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 	grpcClient := buildlogv1.NewBuildLogServiceClient(conn)
 	return []path{
 		{name: "direct", fetch: httpFetch(httpClient, upstreamURL)},
-		{name: "proxy", server: proxy, fetch: httpFetch(httpClient, "http://"+proxy.httpAddr)},
-		{name: "rest", server: restFacade, fetch: httpFetch(httpClient, "http://"+restFacade.httpAddr)},
+		{name: "proxy", server: proxy, fetch: httpFetch(httpClient, "http://"+proxy.HTTPAddr)},
+		{name: "rest", server: restFacade, fetch: httpFetch(httpClient, "http://"+restFacade.HTTPAddr)},
 		{name: "grpc", server: grpcFacade, fetch: grpcFetch(grpcClient)},
 	}, stop, nil
 }

@@ -92,7 +92,7 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 				if r == 1 {
 					p.server.startProfile()
 				}
-				cpuBefore = p.server.cpu()
+				cpuBefore = p.server.CPU()
 			}
 			start := time.Now()
 			errs := make([]error, conc)
@@ -108,9 +108,9 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 				}
 			}
 			if p.server != nil {
-				results[i].peakRSS = max(results[i].peakRSS, p.server.peakRSS())
+				results[i].peakRSS = max(results[i].peakRSS, p.server.PeakRSS())
 				if !check {
-					results[i].cpu += p.server.cpu() - cpuBefore
+					results[i].cpu += p.server.CPU() - cpuBefore
 				}
 			}
 			if !check {

@@ -63,11 +63,15 @@ func run(size int64, readers int, hold time.Duration) error {
 	defer up.Close()
 	up.AddToken(token)
 	up.AddLog(recordID, task, upstreamtest.Log{Size: size})
-	bin, err := benchproc.Build()
+	dir, err := os.MkdirTemp("", "buildlog-memory")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(bin[:len(bin)-len("/buildlogd")])
+	defer os.RemoveAll(dir)
+	bin, err := benchproc.Build(dir)
+	if err != nil {
+		return err
+	}
 
 	relay, err := measureRelay(bin, up.URL, size)
 	if err != nil {
@@ -101,7 +105,7 @@ func run(size int64, readers int, hold time.Duration) error {
 // measureRelay downloads the whole log over both paths from a fresh server
 // and returns its peak resident set.
 func measureRelay(bin, upstreamURL string, size int64) (int64, error) {
-	srv, err := benchproc.Start(bin, "--upstream", upstreamURL)
+	srv, err := benchproc.StartBuildlogd(bin, "--upstream", upstreamURL)
 	if err != nil {
 		return 0, err
 	}
@@ -132,7 +136,7 @@ func measureRelay(bin, upstreamURL string, size int64) (int64, error) {
 // measureSlowReaders runs readers slow downloads at once for hold from a
 // fresh server and returns its peak resident set.
 func measureSlowReaders(bin, upstreamURL string, readers int, hold time.Duration) (int64, error) {
-	srv, err := benchproc.Start(bin, "--upstream", upstreamURL)
+	srv, err := benchproc.StartBuildlogd(bin, "--upstream", upstreamURL)
 	if err != nil {
 		return 0, err
 	}

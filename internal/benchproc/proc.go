@@ -1,6 +1,6 @@
-// Package benchproc runs buildlogd as a child process for benchmarks, and
-// reads what the kernel says of its resources: peak resident set and CPU
-// time.
+// Package benchproc runs relays (buildlogd, or a benchmark's baseline proxy)
+// as child processes for benchmarks, and reads what the kernel says of their
+// resources: peak resident set and CPU time.
 package benchproc
 
 import (
@@ -17,15 +17,15 @@ import (
 	"time"
 )
 
-// Build compiles buildlogd into a temporary directory and returns the
-// binary's path. Run it from the repository root.
-func Build() (string, error) {
-	dir, err := os.MkdirTemp("", "buildlog-bench")
-	if err != nil {
-		return "", err
-	}
+// Build compiles buildlogd, with the given build tags, into dir and
+// returns the binary's path. Run it from the repository root.
+func Build(dir string, tags ...string) (string, error) {
 	bin := filepath.Join(dir, "buildlogd")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/buildlogd")
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command("go", append(args, "./cmd/buildlogd")...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("build buildlogd (run from the repository root): %w", err)
@@ -33,18 +33,25 @@ func Build() (string, error) {
 	return bin, nil
 }
 
-// Server is a running buildlogd.
-type Server struct {
-	cmd *exec.Cmd
+// Process is a running relay.
+type Process struct {
+	Cmd *exec.Cmd
 	// GRPCAddr and HTTPAddr are where it listens, as it logged them.
 	GRPCAddr, HTTPAddr string
 }
 
-// Start runs bin on loopback ports with the given extra flags, and waits
-// until it logs that it is serving.
-func Start(bin string, flags ...string) (*Server, error) {
-	// No admin listener: its default port is fixed, and benchmarks need none.
-	cmd := exec.Command(bin, append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off"}, flags...)...)
+// StartBuildlogd runs the buildlogd binary bin on loopback ports, without
+// its admin listener (whose default port is fixed), with the given extra
+// flags, and waits until it serves.
+func StartBuildlogd(bin string, flags ...string) (*Process, error) {
+	return Start(exec.Command(bin, append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off"}, flags...)...))
+}
+
+// Start starts cmd, a relay that logs the JSON line
+// {"msg":"serving","grpc":…,"http":…} on stderr once it listens, and waits
+// for that line. The relay's later log lines go to this process's stderr,
+// but for info lines, which would interleave with a benchmark's output.
+func Start(cmd *exec.Cmd) (*Process, error) {
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -52,32 +59,44 @@ func Start(bin string, flags ...string) (*Server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &Server{cmd: cmd}
+	p := &Process{Cmd: cmd}
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {
 		var line struct{ Msg, GRPC, HTTP string }
 		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
-			s.GRPCAddr, s.HTTPAddr = line.GRPC, line.HTTP
+			p.GRPCAddr, p.HTTPAddr = line.GRPC, line.HTTP
 			break
 		}
+		fmt.Fprintln(os.Stderr, sc.Text())
 	}
-	if s.GRPCAddr == "" {
-		s.Stop()
-		return nil, errors.New("buildlogd did not report its addresses")
+	go echoWarnings(stderr)
+	if p.HTTPAddr == "" {
+		p.Stop()
+		return nil, errors.New(filepath.Base(cmd.Path) + " did not report its addresses")
 	}
-	go io.Copy(io.Discard, stderr)
-	return s, nil
+	return p, nil
 }
 
-// Stop shuts the server down with SIGINT and waits for it to exit.
-func (s *Server) Stop() {
-	s.cmd.Process.Signal(os.Interrupt)
-	s.cmd.Wait()
+func echoWarnings(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		var line struct{ Level string }
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Level == "INFO" {
+			continue
+		}
+		fmt.Fprintln(os.Stderr, sc.Text())
+	}
 }
 
-// PeakRSS is the server's peak resident set (VmHWM), in bytes.
-func (s *Server) PeakRSS() int64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+// Stop shuts the relay down with SIGINT and waits for it to exit.
+func (p *Process) Stop() {
+	p.Cmd.Process.Signal(os.Interrupt)
+	p.Cmd.Wait()
+}
+
+// PeakRSS is the relay's peak resident set (VmHWM), in bytes.
+func (p *Process) PeakRSS() int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	for line := range strings.SplitSeq(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
@@ -87,9 +106,9 @@ func (s *Server) PeakRSS() int64 {
 	return 0
 }
 
-// CPU is the server's user and system CPU time so far.
-func (s *Server) CPU() time.Duration {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+// CPU is the relay's user and system CPU time so far.
+func (p *Process) CPU() time.Duration {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
 	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	if len(fields) < 13 {
 		return 0
