@@ -212,7 +212,18 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		t.Fatalf("download of a missing log: %v, want NOT_FOUND", err)
 	}
 
+	// A REST call's metrics are recorded as its handler returns, which may
+	// be a moment after the client has the last byte: wait for them.
 	_, families := scrape(t, s)
+	for range 250 {
+		handled, _ := metricValue(families, "grpc_server_handled_total", map[string]string{"grpc_method": "DownloadTaskLog", "grpc_code": "OK"})
+		active, _ := metricValue(families, "buildlog_active_streams", map[string]string{"path": "rest"})
+		if handled == 2 && active == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+		_, families = scrape(t, s)
+	}
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
