@@ -553,7 +553,7 @@ func TestMaxDownloadsRefusesAtOnce(t *testing.T) {
 			}
 			break
 		}
-		if status.Code(err) != codes.ResourceExhausted || attempt == 100 {
+		if status.Code(err) != codes.ResourceExhausted || attempt == 3000 {
 			t.Fatalf("after the others ended: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond) // the handlers are returning

@@ -61,6 +61,10 @@ type Log struct {
 	// version is the answer's ETag, or else its Last-Modified: what tells
 	// one version of the log from another when resuming.
 	version string
+	// encoded is set when Body decodes a Content-Encoding: its offsets are
+	// not the upstream's byte offsets, and a decoding error is no break
+	// to resume, so such a body is never resumed.
+	encoded bool
 }
 
 // userAgent identifies buildlog in upstream requests.
@@ -243,7 +247,7 @@ func (c *Client) DownloadTaskLog(ctx context.Context, req Request) (*Log, error)
 	if err != nil {
 		return nil, err
 	}
-	if c.retry.Attempts > 1 && c.retry.MaxResumes > 0 {
+	if c.retry.Attempts > 1 && c.retry.MaxResumes > 0 && !log.encoded {
 		log.Body = newResumingBody(ctx, c, req, log)
 	}
 	return log, nil
@@ -266,7 +270,7 @@ func (c *Client) open(ctx context.Context, req Request) (*Log, error) {
 
 func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 	ranged := req.Offset > 0 || req.Limit > 0
-	resp, err := c.get(ctx, req, ranged)
+	resp, secret, err := c.get(ctx, req, ranged)
 	if err != nil {
 		return nil, err
 	}
@@ -274,16 +278,16 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 		if size, ok := unsatisfiedRangeSize(resp.Header.Get("Content-Range")); ok {
 			resp.Body.Close()
 			// The range starts at or past the end: the service tells which.
-			return &Log{Body: http.NoBody, Start: req.Offset, Size: size, RequestID: requestID(resp, req)}, nil
+			return &Log{Body: http.NoBody, Start: req.Offset, Size: size, RequestID: requestID(resp, secret)}, nil
 		}
 		// Without the log's size an offset at the end cannot be told from
 		// one past it: ask for the whole log instead.
 		resp.Body.Close()
-		if resp, err = c.get(ctx, req, false); err != nil {
+		if resp, secret, err = c.get(ctx, req, false); err != nil {
 			return nil, err
 		}
 	}
-	log, err := c.newLog(resp, req)
+	log, err := c.newLog(resp, req, secret)
 	if err != nil {
 		resp.Body.Close()
 		return nil, err
@@ -293,11 +297,13 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 
 // get sends the request, with a Range header for req's range when ranged.
 // It returns a 200 response, or a 206 or 416 one to a ranged request; any
-// other answer becomes an *Error.
-func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Response, error) {
+// other answer becomes an *Error. It also returns the credential it sent
+// (the caller's token, or the server's), to redact from what the answer
+// puts in errors and metadata.
+func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Response, string, error) {
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(req).String(), nil)
 	if err != nil {
-		return nil, fmt.Errorf("build upstream request: %w", err)
+		return nil, "", fmt.Errorf("build upstream request: %w", err)
 	}
 	hreq.Header.Set("Accept", "application/octet-stream, application/json;q=0.9, */*;q=0.1")
 	hreq.Header.Set("User-Agent", userAgent)
@@ -306,35 +312,35 @@ func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Respo
 	}
 	secret, err := c.authorize(ctx, hreq, req.Token)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	start := time.Now()
 	resp, err := c.httpClient.Do(hreq)
 	elapsed := time.Since(start)
 	if err != nil {
 		c.observer.Exchange(0, "", elapsed)
-		return nil, fmt.Errorf("upstream request: %w", unwrapURLError(err))
+		return nil, "", fmt.Errorf("upstream request: %w", unwrapURLError(err))
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK,
 		ranged && (resp.StatusCode == http.StatusPartialContent || resp.StatusCode == http.StatusRequestedRangeNotSatisfiable):
 		c.observer.Exchange(resp.StatusCode, "", elapsed)
-		return resp, nil
+		return resp, secret, nil
 	}
 	defer resp.Body.Close()
 	uerr := parseError(resp, secret)
 	c.rejected(secret, resp.StatusCode)
 	c.observer.Exchange(resp.StatusCode, uerr.Code, elapsed)
-	return nil, uerr
+	return nil, "", uerr
 }
 
 // newLog describes a 200 or 206 response.
-func (c *Client) newLog(resp *http.Response, req Request) (*Log, error) {
+func (c *Client) newLog(resp *http.Response, req Request, secret string) (*Log, error) {
 	log := &Log{
 		Body:        resp.Body,
 		ContentType: resp.Header.Get("Content-Type"),
 		Size:        resp.ContentLength,
-		RequestID:   requestID(resp, req),
+		RequestID:   requestID(resp, secret),
 		version:     cmp.Or(resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")),
 	}
 	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
@@ -343,13 +349,13 @@ func (c *Client) newLog(resp *http.Response, req Request) (*Log, error) {
 	encoding := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding")))
 	if resp.StatusCode == http.StatusPartialContent {
 		if encoding != "" && encoding != "identity" {
-			return nil, &ProtocolError{Problem: "a partial response in Content-Encoding " + sanitize(encoding, req.Token, 64)}
+			return nil, &ProtocolError{Problem: "a partial response in Content-Encoding " + sanitize(encoding, secret, 64)}
 		}
 		first, last, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || first != req.Offset || (req.Limit > 0 && last-first+1 > req.Limit) ||
 			(resp.ContentLength >= 0 && resp.ContentLength != last-first+1) {
 			return nil, &ProtocolError{Problem: fmt.Sprintf("Content-Range %q does not answer Range %q",
-				sanitize(resp.Header.Get("Content-Range"), req.Token, 100), rangeHeader(req.Offset, req.Limit))}
+				sanitize(resp.Header.Get("Content-Range"), secret, 100), rangeHeader(req.Offset, req.Limit))}
 		}
 		log.Start, log.Size = first, size
 		return log, nil
@@ -362,16 +368,16 @@ func (c *Client) newLog(resp *http.Response, req Request) (*Log, error) {
 			return nil, fmt.Errorf("read upstream gzip header: %w", err)
 		}
 		log.Body = &gzipBody{Reader: zr, body: resp.Body}
-		log.Size = -1
+		log.Size, log.encoded = -1, true
 	default:
-		return nil, &ProtocolError{Problem: fmt.Sprintf("unsupported Content-Encoding %q", sanitize(encoding, req.Token, 64))}
+		return nil, &ProtocolError{Problem: fmt.Sprintf("unsupported Content-Encoding %q", sanitize(encoding, secret, 64))}
 	}
 	return log, nil
 }
 
 // requestID returns the response's sanitised X-Request-Id.
-func requestID(resp *http.Response, req Request) string {
-	return sanitize(resp.Header.Get("X-Request-Id"), req.Token, maxRequestIDBytes)
+func requestID(resp *http.Response, secret string) string {
+	return sanitize(resp.Header.Get("X-Request-Id"), secret, maxRequestIDBytes)
 }
 
 // unwrapURLError drops the *url.Error layer, whose message repeats the

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -267,11 +268,18 @@ func TestDownloadTaskLogContentEncoding(t *testing.T) {
 	zw := gzip.NewWriter(&gz)
 	zw.Write(content)
 	zw.Close()
+	corrupt := bytes.Clone(gz.Bytes())
+	corrupt[len(corrupt)-8] ^= 0xff // the CRC-32 in the trailer
+	var requests atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
 		switch r.URL.Query().Get("task_name") {
 		case "gzip":
 			w.Header().Set("Content-Encoding", "gzip")
 			w.Write(gz.Bytes())
+		case "corrupt":
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Write(corrupt)
 		case "br":
 			w.Header().Set("Content-Encoding", "br")
 			w.Write([]byte("not really brotli"))
@@ -291,6 +299,17 @@ func TestDownloadTaskLogContentEncoding(t *testing.T) {
 	if got := readAll(t, log.Body); !bytes.Equal(got, content) || log.Size != -1 {
 		t.Errorf("gzip body: %d bytes, size %d; want the %d decoded bytes and size -1", len(got), log.Size, len(content))
 	}
+	// A body that fails to decode is corrupt, not broken off: it fails,
+	// and is not resumed (whose Range would count decoded bytes anyway).
+	requests.Store(0)
+	log, err = c.DownloadTaskLog(context.Background(), upstream.Request{RecordID: recordID, TaskName: "corrupt", Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(log.Body); !errors.Is(err, gzip.ErrChecksum) || requests.Load() != 1 {
+		t.Errorf("corrupt gzip body: error %v after %d requests, want gzip.ErrChecksum after 1", err, requests.Load())
+	}
+	log.Body.Close()
 	_, err = c.DownloadTaskLog(context.Background(), upstream.Request{RecordID: recordID, TaskName: "br", Token: token})
 	var pe *upstream.ProtocolError
 	if !errors.As(err, &pe) {

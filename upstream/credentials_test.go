@@ -211,17 +211,33 @@ func TestIAMTokenCachedAndRefreshed(t *testing.T) {
 	}
 	first := up.Requests()[0].Header.Get("X-Auth-Token")
 
-	// Within RefreshBefore of expiry, but not expired: replaced anyway.
+	// Within RefreshBefore of expiry, but not expired: the download goes
+	// on with the cached token while a refresh runs in the background, and
+	// later ones get the new token.
 	clock.Advance(55 * time.Minute)
 	if _, err := fetchLog(c, ""); err != nil {
 		t.Fatal(err)
 	}
+	reqs := up.Requests()
+	if got := reqs[len(reqs)-1].Header.Get("X-Auth-Token"); got != first {
+		t.Errorf("token while the refresh runs = %q, want the cached one", got)
+	}
+	second := first
+	for range 1000 {
+		if _, err := fetchLog(c, ""); err != nil {
+			t.Fatal(err)
+		}
+		reqs = up.Requests()
+		if second = reqs[len(reqs)-1].Header.Get("X-Auth-Token"); second != first {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the refresh is finishing
+	}
+	if second == first || second == "" {
+		t.Errorf("token after the refresh = %q, want a new one", second)
+	}
 	if got := up.IAMRequestCount(); got != 2 {
 		t.Errorf("IAM requests near expiry = %d, want 2", got)
-	}
-	reqs := up.Requests()
-	if second := reqs[len(reqs)-1].Header.Get("X-Auth-Token"); second == first || second == "" {
-		t.Errorf("token after refresh = %q, want a new one", second)
 	}
 
 	// Past expiry, with IAM down: no usable token.
@@ -261,6 +277,10 @@ func TestIAMOutageKeepsValidToken(t *testing.T) {
 	up.FailIAM(http.StatusInternalServerError)
 	if _, err := fetchLog(c, ""); err != nil {
 		t.Errorf("download with a valid cached token during an outage = %v, want success", err)
+	}
+	// The refresh runs in the background: wait for it to be tried.
+	for i := 0; up.IAMRequestCount() < 2 && i < 1000; i++ {
+		time.Sleep(10 * time.Millisecond)
 	}
 	if got := up.IAMRequestCount(); got != 2 {
 		t.Errorf("IAM requests = %d, want 2 (the refresh was tried)", got)

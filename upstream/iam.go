@@ -66,6 +66,7 @@ type IAMTokenSource struct {
 	mu        sync.Mutex
 	token     string
 	expiresAt time.Time
+	refreshAt time.Time   // when the token is due for replacement
 	inflight  *tokenFetch // the refresh in progress, nil when none
 }
 
@@ -99,7 +100,11 @@ func NewIAMTokenSource(cfg IAMConfig) (*IAMTokenSource, error) {
 	return &IAMTokenSource{
 		cfg:      cfg,
 		tokenURL: strings.TrimSuffix(u.String(), "/") + "/v3/auth/tokens",
-		client:   &http.Client{Transport: t, Timeout: iamTimeout},
+		// A redirect would re-send the password to wherever it points: IAM
+		// answers a password grant itself, so none is followed.
+		client: &http.Client{Transport: t, Timeout: iamTimeout, CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}},
 	}, nil
 }
 
@@ -120,7 +125,7 @@ func (s *IAMTokenSource) Rejected(token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if token != "" && token == s.token {
-		s.token, s.expiresAt = "", time.Time{}
+		s.token, s.expiresAt, s.refreshAt = "", time.Time{}, time.Time{}
 	}
 }
 
@@ -129,7 +134,8 @@ func (s *IAMTokenSource) Rejected(token string) {
 func (s *IAMTokenSource) Token(ctx context.Context) (string, error) {
 	s.mu.Lock()
 	now := s.cfg.Now()
-	if s.token != "" && now.Before(s.expiresAt.Add(-s.cfg.RefreshBefore)) {
+	valid := s.token != "" && now.Before(s.expiresAt)
+	if valid && now.Before(s.refreshAt) {
 		token := s.token
 		s.mu.Unlock()
 		return token, nil
@@ -141,6 +147,13 @@ func (s *IAMTokenSource) Token(ctx context.Context) (string, error) {
 		// The fetch outlives the caller that started it, whose cancellation
 		// must not fail the others waiting.
 		go s.fetch(context.WithoutCancel(ctx), f)
+	}
+	if valid {
+		// A refresh is due and runs in the background: the cached token
+		// works until it expires, so nobody waits for a slow IAM.
+		token := s.token
+		s.mu.Unlock()
+		return token, nil
 	}
 	f.waiters++
 	s.mu.Unlock()
@@ -166,7 +179,11 @@ func (s *IAMTokenSource) fetch(ctx context.Context, f *tokenFetch) {
 	f.token, f.expiresAt, f.err = s.request(ctx)
 	s.mu.Lock()
 	if f.err == nil {
-		s.token, s.expiresAt = f.token, f.expiresAt
+		// Due RefreshBefore ahead of expiry, or halfway through a shorter
+		// lifetime: a token that lives less than RefreshBefore must not be
+		// due at once, which would fetch one per request.
+		margin := min(s.cfg.RefreshBefore, f.expiresAt.Sub(s.cfg.Now())/2)
+		s.token, s.expiresAt, s.refreshAt = f.token, f.expiresAt, f.expiresAt.Add(-margin)
 	}
 	s.inflight = nil
 	s.mu.Unlock()

@@ -256,7 +256,7 @@ func TestResumeAfterTheFirstByte(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var ev events
-			up, c := newUpstream(t, upstream.WithRetry(fastRetry), upstream.WithObserver(&ev), upstream.WithIdleTimeout(300*time.Millisecond))
+			up, c := newUpstream(t, upstream.WithRetry(fastRetry), upstream.WithObserver(&ev), upstream.WithIdleTimeout(time.Second))
 			up.AddLog(recordID, "stage1", tt.log)
 			for _, f := range tt.faults {
 				up.Inject(f)
