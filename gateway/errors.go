@@ -115,7 +115,7 @@ func handleRoutingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Ma
 func handleStreamError(ctx context.Context, err error) *status.Status {
 	st := status.Convert(err)
 	rs := stateFrom(ctx)
-	if rs == nil {
+	if rs == nil || rs.ignoreRange {
 		return st
 	}
 	if rs.started {

@@ -21,6 +21,8 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
@@ -53,8 +55,14 @@ func New(ctx context.Context, client buildlogv1.BuildLogServiceClient, extra ...
 // incomingHeader forwards X-Auth-Token to the service as the token metadata
 // key, and otherwise behaves as grpc-gateway's default.
 func incomingHeader(key string) (string, bool) {
-	if textproto.CanonicalMIMEHeaderKey(key) == "X-Auth-Token" {
+	canonical := textproto.CanonicalMIMEHeaderKey(key)
+	if canonical == "X-Auth-Token" {
 		return service.TokenMetadataKey, true
+	}
+	if strings.HasPrefix(canonical, "X-Buildlog-") || strings.HasPrefix(canonical, "Grpc-Metadata-X-Buildlog-") {
+		// buildlog's own metadata, such as the in-process caller mark, is
+		// never taken from an HTTP caller, whatever grpc-gateway's default.
+		return "", false
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }
@@ -107,14 +115,19 @@ func setLogHeaders(ctx context.Context, w http.ResponseWriter, resp proto.Messag
 	return nil
 }
 
+// errIgnoreRange ends a call whose Range cannot be answered; nothing of it
+// is written.
+var errIgnoreRange = status.Error(codes.Aborted, "the Range is ignored: the log's length is unknown")
+
 // setRangeHeaders prepares the 206 answer to a Range, or returns the error
 // for one the log cannot satisfy: RFC 9110 wants the range's last byte in
 // Content-Range, so the log's length must be known.
 func setRangeHeaders(rs *responseState, h http.Header, md *buildlogv1.LogMetadata) error {
 	br := rs.byteRange
 	if md.TotalSize == nil {
-		return rangeError("the upstream did not tell this log's length, so a byte range cannot be answered; "+
-			"ask for the rest with the offset query parameter instead", -1)
+		// A 206 must name its last byte: prepare serves the whole log.
+		rs.ignoreRange = true
+		return errIgnoreRange
 	}
 	size := md.GetTotalSize()
 	if br.first >= size {

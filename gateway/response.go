@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -29,10 +30,13 @@ type responseState struct {
 	errorStatus int
 	started     bool // the status line has been written
 	aborted     bool // the response must be cut off, not finished
-	// head is set for a HEAD request, served as a GET whose call is stopped
-	// (stop) once the headers are written: the body is never sent.
+	// head is set for a HEAD request, served as a GET whose body is
+	// discarded.
 	head bool
-	stop context.CancelFunc
+	// ignoreRange is set when the Range turns out unanswerable (the log's
+	// length is unknown): the response is discarded, and the request served
+	// again without the Range.
+	ignoreRange bool
 }
 
 type responseStateKey struct{}
@@ -42,14 +46,13 @@ type responseStateKey struct{}
 // fails mid-body. A query that does not parse is left for grpc-gateway to
 // refuse.
 func prepare(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, stop := context.WithCancel(r.Context())
-		defer stop()
-		rs := &responseState{ResponseWriter: w, status: http.StatusOK, stop: stop}
-		r = r.Clone(context.WithValue(ctx, responseStateKey{}, rs))
+	var serve http.HandlerFunc
+	serve = func(w http.ResponseWriter, orig *http.Request) {
+		rs := &responseState{ResponseWriter: w, status: http.StatusOK}
+		r := orig.Clone(context.WithValue(orig.Context(), responseStateKey{}, rs))
 		if r.Method == http.MethodHead {
 			// The headers of a GET: they depend on the log, so the call is
-			// made, and stopped at its first message.
+			// made, for one byte (see below), and the body discarded.
 			r.Method, rs.head = http.MethodGet, true
 		}
 		if values, err := url.ParseQuery(r.URL.RawQuery); err == nil {
@@ -73,21 +76,45 @@ func prepare(next http.Handler) http.Handler {
 				}
 				rs.byteRange, changed = &br, true
 			}
-			if changed {
-				r.URL.RawQuery = values.Encode()
-			}
 			if v := values["limit"]; len(v) == 1 {
 				rs.limit, _ = strconv.ParseInt(v[0], 10, 64)
 			}
+			if rs.head {
+				// One byte is enough to learn the headers, and the call
+				// then ends OK rather than cancelled.
+				values.Set("limit", "1")
+				changed = true
+			}
+			if changed {
+				r.URL.RawQuery = values.Encode()
+			}
 		}
+		header := w.Header().Clone()
 		next.ServeHTTP(rs, r)
+		if rs.ignoreRange {
+			// The log's length is unknown, so the Range cannot be answered
+			// with a 206: serve the whole log instead, as RFC 9110 allows. No
+			// byte of the first attempt was written.
+			maps.Copy(clearHeader(w.Header()), header)
+			again := orig.Clone(orig.Context())
+			again.Header.Del("Range")
+			serve(w, again)
+			return
+		}
 		if rs.aborted {
 			// net/http closes the connection without ending the body: no final
 			// chunk, or fewer bytes than Content-Length. HTTP/2 resets the
 			// stream. Either way the client sees an incomplete transfer.
 			panic(http.ErrAbortHandler)
 		}
-	})
+	}
+	return serve
+}
+
+// clearHeader deletes every field of h and returns it.
+func clearHeader(h http.Header) http.Header {
+	clear(h)
+	return h
 }
 
 // invalidUTF8 names the first part of a request that is not valid UTF-8
@@ -122,7 +149,7 @@ func requestLimit(ctx context.Context) int64 {
 }
 
 func (rs *responseState) WriteHeader(code int) {
-	if rs.aborted || rs.started {
+	if rs.aborted || rs.started || rs.ignoreRange {
 		return
 	}
 	if rs.errorStatus != 0 {
@@ -133,14 +160,13 @@ func (rs *responseState) WriteHeader(code int) {
 }
 
 func (rs *responseState) Write(p []byte) (int, error) {
-	if rs.aborted {
+	if rs.aborted || rs.ignoreRange {
 		return len(p), nil
 	}
 	if !rs.started {
 		rs.WriteHeader(rs.status)
 	}
 	if rs.head {
-		rs.stop()
 		return len(p), nil
 	}
 	return rs.ResponseWriter.Write(p)

@@ -36,7 +36,8 @@ func TestRESTRangeRequests(t *testing.T) {
 		{name: "huge last byte", rangeHeader: "bytes=5-9223372036854775807", wantStatus: 206, wantBody: full[5:], wantContentRange: "bytes 5-999/1000"},
 		{name: "starts at the end", rangeHeader: "bytes=1000-", wantStatus: 416, wantContentRange: "bytes */1000", wantCode: "BUILDLOG.RANGE_NOT_SATISFIABLE"},
 		{name: "starts past the end", rangeHeader: "bytes=5000-6000", wantStatus: 416, wantContentRange: "bytes */1000", wantCode: "BUILDLOG.OFFSET_OUT_OF_RANGE"},
-		{name: "unknown length", task: "chunked", rangeHeader: "bytes=10-", wantStatus: 416, wantCode: "BUILDLOG.RANGE_NOT_SATISFIABLE"},
+		// A 206 must name its last byte: without the length, the whole log.
+		{name: "unknown length", task: "chunked", rangeHeader: "bytes=10-", wantStatus: 200, wantBody: upstreamtest.Generate(size, "INFO", "chunked")},
 		{name: "with offset too", query: "offset=5", rangeHeader: "bytes=10-", wantStatus: 400, wantCode: "BUILDLOG.INVALID_ARGUMENT"},
 		// Ranges the mirror does not support are ignored: the whole log.
 		{name: "suffix range", rangeHeader: "bytes=-100", wantStatus: 200, wantBody: full},
@@ -69,6 +70,12 @@ func TestRESTRangeRequests(t *testing.T) {
 				var doc map[string]string
 				if err := json.Unmarshal(body, &doc); err != nil || doc["error_code"] != tt.wantCode || doc["error_msg"] == "" {
 					t.Errorf("body %s, want error_code %s and a message", body, tt.wantCode)
+				}
+				return
+			}
+			if task == "chunked" {
+				if !bytes.Equal(body, tt.wantBody) || resp.Header.Get("Accept-Ranges") != "" {
+					t.Errorf("body %d bytes, Accept-Ranges %q; want the %d bytes of the log and no Accept-Ranges", len(body), resp.Header.Get("Accept-Ranges"), len(tt.wantBody))
 				}
 				return
 			}
@@ -107,6 +114,18 @@ func TestCurlResumes(t *testing.T) {
 	}
 	if last := s.Upstream.Requests()[0]; last.Header.Get("Range") != "bytes=123457-" {
 		t.Errorf("the upstream saw Range %q, want the rest only", last.Header.Get("Range"))
+	}
+
+	// A log of unknown length cannot be resumed: curl is told so (a 200
+	// to its Range) and leaves the partial file as it was.
+	s.Upstream.AddLog(recordID, "chunked", upstreamtest.Log{Size: size, OmitLength: true})
+	full = upstreamtest.Generate(size, "INFO", "chunked")
+	if err := os.WriteFile(file, full[:1000], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(curl, "-sS", "-C", "-", "-o", file, "-H", "X-Auth-Token: "+token, s.RESTURL+logPath("chunked")).CombinedOutput()
+	if got, _ := os.ReadFile(file); err == nil || !bytes.Equal(got, full[:1000]) {
+		t.Errorf("resuming a log of unknown length: curl %v: %s; file has %d bytes, want curl to fail and the 1000 bytes untouched", err, out, len(got))
 	}
 }
 
