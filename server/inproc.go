@@ -108,26 +108,30 @@ var _ grpc.ClientConnInterface = (*inprocChannel)(nil)
 
 // Invoke implements grpc.ClientConnInterface, for unary methods.
 func (c *inprocChannel) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	s, err := c.NewStream(ctx, &grpc.StreamDesc{}, method, opts...)
+	cs, err := c.NewStream(ctx, &grpc.StreamDesc{}, method, opts...)
 	if err != nil {
 		return err
 	}
-	if err := s.SendMsg(args); err != nil {
-		return err
+	s := cs.(*inprocStream)
+	err = s.SendMsg(args)
+	if err == nil {
+		err = s.CloseSend()
 	}
-	if err := s.CloseSend(); err != nil {
-		return err
+	if err == nil {
+		err = s.RecvMsg(reply)
 	}
-	if err := s.RecvMsg(reply); err != nil {
-		return err
-	}
-	if err := s.RecvMsg(reply); err != io.EOF {
-		if err == nil {
-			return status.Error(codes.Internal, "unary call answered with more than one message")
+	if err == nil {
+		switch err = s.RecvMsg(reply); err {
+		case io.EOF:
+			return nil
+		case nil:
+			err = status.Error(codes.Internal, "unary call answered with more than one message")
 		}
-		return err
 	}
-	return nil
+	if s.err == nil {
+		s.fail(err) // release the server side and end the call's stats
+	}
+	return err
 }
 
 // NewStream implements grpc.ClientConnInterface. Call options are ignored:
@@ -279,14 +283,14 @@ func (s *inprocStream) Context() context.Context { return s.ctx }
 func (s *inprocStream) SendMsg(m any) error {
 	msg, ok := m.(proto.Message)
 	if !ok {
-		return status.Errorf(codes.Internal, "in-process call: cannot encode %T", m)
+		return s.fail(status.Errorf(codes.Internal, "in-process call: cannot encode %T", m))
 	}
 	b, err := proto.Marshal(msg)
 	if err != nil {
-		return status.Errorf(codes.Internal, "in-process call: encode request: %v", err)
+		return s.fail(status.Errorf(codes.Internal, "in-process call: encode request: %v", err))
 	}
 	if s.started {
-		return status.Error(codes.Internal, "in-process call: a request message after CloseSend")
+		return s.fail(status.Error(codes.Internal, "in-process call: a request message after CloseSend"))
 	}
 	s.request = binary.BigEndian.AppendUint32(append(s.request, 0), uint32(len(b)))
 	s.request = append(s.request, b...)

@@ -134,6 +134,17 @@ func TestInprocStreamPassesInterceptorsAndStats(t *testing.T) {
 		t.Errorf("metadata total_size = %d, want %d", first.GetMetadata().GetTotalSize(), size)
 	}
 
+	// grpc-go reports the server's end of the call as its handler returns,
+	// which may be a moment after the client has the last message.
+	for i := 0; i < 1000; i++ {
+		obs.mu.Lock()
+		ends := obs.ends
+		obs.mu.Unlock()
+		if ends > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
 	if len(obs.methods) != 1 || obs.methods[0] != buildlogv1.BuildLogService_DownloadTaskLog_FullMethodName {
