@@ -213,8 +213,8 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("service port grpc: appProtocol %q, want kubernetes.io/h2c", p.AppProtocol)
 		}
 	}
-	if !slices.Equal(names, []string{"grpc", "http", "admin"}) {
-		t.Errorf("service ports %v, want grpc, http, admin", names)
+	if !slices.Equal(names, []string{"grpc", "http"}) {
+		t.Errorf("service ports %v, want grpc and http (never admin: it has no TLS nor authentication)", names)
 	}
 
 	var b k8sPDB
