@@ -48,7 +48,7 @@ type child struct {
 
 func startChild(bin string, env []string, args ...string) (*child, error) {
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(benchproc.Environ(), env...)
 	p, err := benchproc.Start(cmd)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,8 @@ import (
 	"runtime/pprof"
 	"syscall"
 	"time"
+
+	"github.com/buildlog/buildlog/server"
 )
 
 // proxyEnv, set to an upstream URL, makes this program serve the baseline
@@ -27,15 +29,16 @@ const profileEnv = "BUILDLOGD_CPUPROFILE"
 // serveProxy serves httputil.ReverseProxy in front of target until
 // interrupted. It is what a user could run instead of buildlogd's REST
 // mirror: default settings, except that it keeps as many idle upstream
-// connections as buildlogd does (64), so concurrency measures relaying
-// rather than connection set-up.
+// connections as buildlogd does (server.DefaultMaxDownloads), so
+// concurrency measures relaying rather than connection set-up.
 func serveProxy(target string) error {
 	u, err := url.Parse(target)
 	if err != nil {
 		return err
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 64
+	transport.MaxIdleConns = server.DefaultMaxDownloads
+	transport.MaxIdleConnsPerHost = server.DefaultMaxDownloads
 	proxy := &httputil.ReverseProxy{
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u) },
 		Transport: transport,

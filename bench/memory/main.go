@@ -222,13 +222,13 @@ func restRead(ctx context.Context, httpAddr string, w io.Writer, pause time.Dura
 	}
 	buf := make([]byte, 64<<10)
 	for {
-		n, err := io.ReadFull(resp.Body, buf)
+		n, err := resp.Body.Read(buf)
 		w.Write(buf[:n])
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
-			return err
+			return err // such as io.ErrUnexpectedEOF: a download cut off
 		}
 		if pause > 0 {
 			time.Sleep(pause)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -52,6 +53,9 @@ func StartBuildlogd(bin string, flags ...string) (*Process, error) {
 // for that line. The relay's later log lines go to this process's stderr,
 // but for info lines, which would interleave with a benchmark's output.
 func Start(cmd *exec.Cmd) (*Process, error) {
+	if cmd.Env == nil {
+		cmd.Env = Environ()
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -75,6 +79,13 @@ func Start(cmd *exec.Cmd) (*Process, error) {
 		return nil, errors.New(filepath.Base(cmd.Path) + " did not report its addresses")
 	}
 	return p, nil
+}
+
+// Environ is this process's environment without BUILDLOG_* variables: the
+// user's buildlogd settings would change what a benchmark measures (or the
+// log format Start reads), so a relay gets only the flags it is given.
+func Environ() []string {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "BUILDLOG_") })
 }
 
 func echoWarnings(r io.Reader) {
