@@ -132,6 +132,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if o.profile != "" {
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return err
+		}
+	}
 	bin, cleanup, err := buildBinaries(o.profile != "")
 	if err != nil {
 		return err

@@ -2,17 +2,15 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/signal"
-	"runtime/pprof"
-	"syscall"
 	"time"
 
+	"github.com/buildlog/buildlog/internal/benchproc"
 	"github.com/buildlog/buildlog/server"
 )
 
@@ -21,10 +19,8 @@ import (
 // port.
 const proxyEnv = "BUILDLOG_BENCH_PROXY"
 
-// profileEnv names the file a relay writes its CPU profile to, between
-// SIGUSR1 and SIGUSR2: buildlogd built with the cpuprofile tag, and the
-// proxy.
-const profileEnv = "BUILDLOGD_CPUPROFILE"
+// profileEnv names the file a relay writes its CPU profile to.
+const profileEnv = benchproc.ProfileEnv
 
 // serveProxy serves httputil.ReverseProxy in front of target until
 // interrupted. It is what a user could run instead of buildlogd's REST
@@ -43,9 +39,7 @@ func serveProxy(target string) error {
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u) },
 		Transport: transport,
 	}
-	if name := os.Getenv(profileEnv); name != "" {
-		profileOnSignal(name)
-	}
+	benchproc.ProfileOnSignal()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -63,30 +57,4 @@ func serveProxy(target string) error {
 		return err
 	}
 	return nil
-}
-
-// profileOnSignal profiles the CPU into the named file from SIGUSR1 to
-// SIGUSR2, as buildlogd's cpuprofile hook does.
-func profileOnSignal(name string) {
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
-	go func() {
-		var f *os.File
-		for s := range sig {
-			switch {
-			case s == syscall.SIGUSR1 && f == nil:
-				var err error
-				if f, err = os.Create(name); err == nil {
-					err = pprof.StartCPUProfile(f)
-				}
-				if err != nil {
-					fmt.Fprintln(os.Stderr, "bench proxy: cpu profile:", err)
-				}
-			case s == syscall.SIGUSR2 && f != nil:
-				pprof.StopCPUProfile()
-				f.Close()
-				f = nil
-			}
-		}
-	}()
 }
