@@ -138,11 +138,13 @@ type tokenFile struct {
 	lastErr string
 }
 
-// load reads the file and returns the digests of its tokens.
+// load reads the file and returns the digests of its tokens. It holds the
+// lock while it reads, so a slower reader of an older file cannot install
+// it over a newer one (and accept a token just removed).
 func (f *tokenFile) load() (map[[sha256.Size]byte]bool, error) {
-	content, err := readSmallFile(f.path)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	content, err := readSmallFile(f.path)
 	if err != nil {
 		if msg := err.Error(); msg != f.lastErr {
 			f.lastErr = msg

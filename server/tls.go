@@ -64,8 +64,12 @@ func newCertFiles(certFile, keyFile, caFile string, logger *slog.Logger) (*certF
 	return f, nil
 }
 
-// reload reads the files and parses those that changed.
+// reload reads the files and parses those that changed. It holds the lock
+// while it reads, so a slower reader of older files cannot install them
+// over newer ones.
 func (f *certFiles) reload() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	certPEM, err := readSmallFile(f.certFile)
 	if err != nil {
 		return fmt.Errorf("read TLS certificate: %w", err)
@@ -80,8 +84,6 @@ func (f *certFiles) reload() error {
 			return fmt.Errorf("read TLS client CA: %w", err)
 		}
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.cert == nil || !bytes.Equal(certPEM, f.certPEM) || !bytes.Equal(keyPEM, f.keyPEM) {
 		cert, err := tls.X509KeyPair(certPEM, keyPEM)
 		if err != nil {
