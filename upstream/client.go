@@ -55,7 +55,8 @@ type Log struct {
 	// Size is the whole log's length in bytes (from Content-Length, or the
 	// total of Content-Range), or -1 when the upstream did not announce it.
 	Size int64
-	// RequestID is the X-Request-Id header; empty when absent.
+	// RequestID is the X-Request-Id header; empty when absent. After a
+	// transparent resumption (during Body reads) it is the resumed answer's.
 	RequestID string
 
 	// version is the answer's ETag, or else its Last-Modified: what tells

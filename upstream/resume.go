@@ -32,6 +32,7 @@ type resumingBody struct {
 	c   *Client
 	ctx context.Context // the caller's: when it ends, nothing resumes
 	req Request         // the original request
+	log *Log            // the first answer, whose RequestID follows resumptions
 
 	body    io.ReadCloser
 	pos     int64 // log offset of body's next byte
@@ -42,7 +43,7 @@ type resumingBody struct {
 }
 
 func newResumingBody(ctx context.Context, c *Client, req Request, log *Log) *resumingBody {
-	return &resumingBody{c: c, ctx: ctx, req: req, body: log.Body, pos: log.Start, size: log.Size, version: log.version}
+	return &resumingBody{c: c, ctx: ctx, req: req, log: log, body: log.Body, pos: log.Start, size: log.Size, version: log.version}
 }
 
 func (b *resumingBody) Read(p []byte) (int, error) {
@@ -101,6 +102,7 @@ func (b *resumingBody) resume() error {
 		return err
 	}
 	b.body = log.Body
+	b.log.RequestID = log.RequestID // the answer now read, for diagnostics
 	if skip := b.pos - log.Start; skip > 0 {
 		// The upstream ignored the Range: skip what was delivered already.
 		n, err := io.CopyN(io.Discard, log.Body, skip)

@@ -386,3 +386,25 @@ func download(t *testing.T, c *upstream.Client, req upstream.Request) []byte {
 	}
 	return got
 }
+
+// TestResumedRequestID checks that Log.RequestID names the answer being
+// read: after a resumption, the resumed one, for the diagnostics of a
+// later failure.
+func TestResumedRequestID(t *testing.T) {
+	t.Parallel()
+	up, c := newUpstream(t, upstream.WithRetry(fastRetry))
+	up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100_000})
+	up.Inject(upstreamtest.Fault{Cut: true, CutAfter: 10_000})
+	log, err := c.DownloadTaskLog(context.Background(), upstream.Request{RecordID: recordID, TaskName: "stage1", Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Body.Close()
+	first := log.RequestID
+	if _, err := io.Copy(io.Discard, log.Body); err != nil {
+		t.Fatal(err)
+	}
+	if log.RequestID == "" || log.RequestID == first {
+		t.Errorf("RequestID after a resumption = %q (first answer's %q), want the resumed answer's", log.RequestID, first)
+	}
+}
