@@ -559,3 +559,33 @@ func TestMaxDownloadsRefusesAtOnce(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // the handlers are returning
 	}
 }
+
+// TestSlowUpstreamBytesFlowBeforeAChunkFills checks that the relay sends
+// what the upstream has sent so far, rather than holding it until a whole
+// chunk has arrived: here the upstream stops after 5000 bytes of a log much
+// larger than a chunk, and the caller still receives those 5000 bytes.
+func TestSlowUpstreamBytesFlowBeforeAChunkFills(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
+	e.up.Inject(upstreamtest.Fault{Stall: true, StallAfter: 5000})
+	// A guard against a hang, not a timing assertion: without the fix the
+	// first message never comes.
+	ctx, cancel := context.WithTimeout(withToken(context.Background(), token), time.Minute)
+	defer cancel()
+	stream, err := e.client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for len(got) < 5000 {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("after %d bytes: %v, want the 5000 the upstream sent", len(got), err)
+		}
+		got = append(got, msg.GetData()...)
+	}
+	if !bytes.Equal(got, upstreamtest.Generate(1<<20, "INFO", "stage1")[:5000]) {
+		t.Errorf("got %d bytes, want the log's first 5000", len(got))
+	}
+}
