@@ -159,16 +159,6 @@ func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogReque
 	if log.Size >= 0 && offset > log.Size {
 		return &offsetError{offset: offset, size: log.Size}
 	}
-	if skip := offset - log.Start; skip > 0 {
-		// The upstream ignored the Range and sent the log from its start.
-		skipped, err := io.CopyN(io.Discard, log.Body, skip)
-		if err == io.EOF {
-			return &offsetError{offset: offset, size: log.Start + skipped}
-		}
-		if err != nil {
-			return interrupted(offset, err)
-		}
-	}
 
 	remaining := req.GetLimit()
 	if remaining == 0 {

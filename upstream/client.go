@@ -33,32 +33,36 @@ type Request struct {
 	// Token is the caller's IAM token, sent as X-Auth-Token.
 	Token string
 	// Offset and Limit ask for a byte range of the log: from Offset, at most
-	// Limit bytes (0: to the end). They are sent as a Range header; an
-	// upstream that ignores it sends the whole log, which Log.Start says.
+	// Limit bytes (0: to the end). They are sent as a Range header; from an
+	// upstream that ignores it, the client skips to Offset itself.
 	Offset, Limit int64
 }
 
 // Log is a successful response: the log file and what the upstream said
 // about it. The caller must close Body.
 type Log struct {
-	// Body streams the log bytes. Read errors after the headers (a cut
-	// connection, fewer bytes than announced) surface here.
+	// Body streams the log bytes from the request's Offset. Read errors
+	// after the headers (a cut connection, fewer bytes than announced)
+	// surface here.
 	Body io.ReadCloser
 	// ContentType is the Content-Type header as sent; empty when absent.
 	ContentType string
 	// FileName is the filename parameter of Content-Disposition, as sent;
 	// empty when absent.
 	FileName string
-	// Start is the log offset of Body's first byte: the request's Offset
-	// when the upstream honoured the Range, 0 when it sent the whole log.
-	Start int64
 	// Size is the whole log's length in bytes (from Content-Length, or the
 	// total of Content-Range), or -1 when the upstream did not announce it.
+	// A Size below the request's Offset means the offset is past the end;
+	// Body is then empty.
 	Size int64
 	// RequestID is the X-Request-Id header; empty when absent. After a
 	// transparent resumption (during Body reads) it is the resumed answer's.
 	RequestID string
 
+	// start is the log offset of the answer's first byte: the request's
+	// Offset when the upstream honoured the Range, 0 when it sent the whole
+	// log (open then skips to Offset).
+	start int64
 	// version is the answer's ETag, or else its Last-Modified: what tells
 	// one version of the log from another when resuming.
 	version string
@@ -266,7 +270,31 @@ func (c *Client) open(ctx context.Context, req Request) (*Log, error) {
 		return nil, err
 	}
 	log.Body = newIdleBody(log.Body, c.idleTimeout, cancel)
+	if err := skipTo(log, req.Offset); err != nil {
+		log.Body.Close()
+		return nil, err
+	}
 	return log, nil
+}
+
+// skipTo discards the bytes before offset that an upstream ignoring the
+// Range sent, so that Body starts at offset. A log that ends before offset
+// is described as a 416 answer is: an empty Body and the log's size.
+func skipTo(log *Log, offset int64) error {
+	skip := offset - log.start
+	if skip <= 0 {
+		return nil
+	}
+	n, err := io.CopyN(io.Discard, log.Body, skip)
+	switch {
+	case err == io.EOF:
+		log.Body.Close()
+		log.Body, log.Size = http.NoBody, log.start+n
+	case err != nil:
+		return fmt.Errorf("skip to offset %d of a log sent whole: %w", offset, err)
+	}
+	log.start = offset
+	return nil
 }
 
 func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
@@ -279,7 +307,7 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 		if size, ok := unsatisfiedRangeSize(resp.Header.Get("Content-Range")); ok {
 			resp.Body.Close()
 			// The range starts at or past the end: the service tells which.
-			return &Log{Body: http.NoBody, Start: req.Offset, Size: size, RequestID: requestID(resp, secret)}, nil
+			return &Log{Body: http.NoBody, start: req.Offset, Size: size, RequestID: requestID(resp, secret)}, nil
 		}
 		// Without the log's size an offset at the end cannot be told from
 		// one past it: ask for the whole log instead.
@@ -358,7 +386,7 @@ func (c *Client) newLog(resp *http.Response, req Request, secret string) (*Log, 
 			return nil, &ProtocolError{Problem: fmt.Sprintf("Content-Range %q does not answer Range %q",
 				sanitize(resp.Header.Get("Content-Range"), secret, 100), rangeHeader(req.Offset, req.Limit))}
 		}
-		log.Start, log.Size = first, size
+		log.start, log.Size = first, size
 		return log, nil
 	}
 	switch encoding {

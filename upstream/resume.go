@@ -43,7 +43,7 @@ type resumingBody struct {
 }
 
 func newResumingBody(ctx context.Context, c *Client, req Request, log *Log) *resumingBody {
-	return &resumingBody{c: c, ctx: ctx, req: req, log: log, body: log.Body, pos: log.Start, size: log.Size, version: log.version}
+	return &resumingBody{c: c, ctx: ctx, req: req, log: log, body: log.Body, pos: req.Offset, size: log.Size, version: log.version}
 }
 
 func (b *resumingBody) Read(p []byte) (int, error) {
@@ -73,7 +73,8 @@ func (b *resumingBody) canResume() bool {
 	return b.ctx.Err() == nil && b.resumes < b.c.retry.MaxResumes
 }
 
-// resume replaces the broken body with the rest of the log from b.pos.
+// resume replaces the broken body with the rest of the log from b.pos
+// (open skips there when the upstream ignores the Range).
 func (b *resumingBody) resume() error {
 	broken := b.broken
 	b.broken = nil
@@ -103,20 +104,6 @@ func (b *resumingBody) resume() error {
 	}
 	b.body = log.Body
 	b.log.RequestID = log.RequestID // the answer now read, for diagnostics
-	if skip := b.pos - log.Start; skip > 0 {
-		// The upstream ignored the Range: skip what was delivered already.
-		n, err := io.CopyN(io.Discard, log.Body, skip)
-		if err == io.EOF {
-			log.Body.Close()
-			return &ChangedError{Offset: b.pos, Problem: fmt.Sprintf("the log is now %d bytes long", log.Start+n)}
-		}
-		if err != nil {
-			b.broken = err // resumed again on the next Read, within the policy
-			if !b.canResume() {
-				return err
-			}
-		}
-	}
 	return nil
 }
 
