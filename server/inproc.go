@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -364,7 +365,8 @@ type inprocResponse struct {
 	prefix  [5]byte // the current message's length prefix
 	nprefix int     // bytes of prefix received
 	want    int     // the current message's length
-	partial []byte  // a message split across writes, gathered
+	msg     []byte  // the call's buffer while it gathers the current message
+	err     error   // why the last Write failed: every later one fails too
 }
 
 func (w *inprocResponse) Header() http.Header { return w.header }
@@ -392,9 +394,16 @@ func (w *inprocResponse) sendHeader() {
 var errInprocGone = errors.New("in-process call: the client is gone")
 
 // Write receives the length-prefixed messages of the response and hands
-// each one to RecvMsg (deliver).
+// each one to RecvMsg. A message may come in several writes (gRPC writes
+// its prefix, and the service's codec the data apart from the other
+// fields): each is copied into the call's buffer as it comes.
 func (w *inprocResponse) Write(p []byte) (int, error) {
 	w.sendHeader()
+	if w.err != nil {
+		// gRPC goes on writing a message's remaining parts after a failed
+		// one; they must not be taken for a message of their own.
+		return 0, w.err
+	}
 	n := len(p)
 	for len(p) > 0 {
 		if w.nprefix < len(w.prefix) {
@@ -405,58 +414,49 @@ func (w *inprocResponse) Write(p []byte) (int, error) {
 				break
 			}
 			if w.prefix[0] != 0 {
-				return 0, errors.New("in-process call: compressed message")
+				w.err = errors.New("in-process call: compressed message")
+				return 0, w.err
 			}
 			size := binary.BigEndian.Uint32(w.prefix[1:])
 			if size > inprocMaxMessage {
-				return 0, errors.New("in-process call: message too large")
+				w.err = errors.New("in-process call: message too large")
+				return 0, w.err
 			}
 			w.want = int(size)
-			if w.want == 0 {
-				if err := w.deliver(nil); err != nil {
-					return 0, err
-				}
+			if w.err = w.begin(); w.err != nil {
+				return 0, w.err
 			}
-			continue
+		} else {
+			k := min(len(p), w.want-len(w.msg))
+			w.msg = append(w.msg, p[:k]...)
+			p = p[k:]
 		}
-		if w.partial == nil && len(p) >= w.want {
-			msg := p[:w.want]
-			p = p[w.want:]
-			if err := w.deliver(msg); err != nil {
-				return 0, err
-			}
-			continue
-		}
-		if w.partial == nil {
-			w.partial = make([]byte, 0, w.want)
-		}
-		k := min(len(p), w.want-len(w.partial))
-		w.partial = append(w.partial, p[:k]...)
-		p = p[k:]
-		if len(w.partial) == w.want {
-			if err := w.deliver(w.partial); err != nil {
-				return 0, err
-			}
+		if len(w.msg) == w.want {
+			w.deliver()
 		}
 	}
 	return n, nil
 }
 
-// deliver waits until the caller has given back the call's buffer (it
-// holds the previous message until its next RecvMsg), copies msg into it
-// and sends it, then expects the next message's prefix. If the caller goes
-// away meanwhile, the buffer stays with it: bytes it may still be writing
-// are never overwritten.
-func (w *inprocResponse) deliver(msg []byte) error {
-	w.nprefix, w.want, w.partial = 0, 0, nil
-	var buf []byte
+// begin waits until the caller has given back the call's buffer (it holds
+// the previous message until its next RecvMsg) and starts gathering the
+// next message into it. If the caller goes away meanwhile, the buffer stays
+// with it: bytes it may still be writing are never overwritten.
+func (w *inprocResponse) begin() error {
 	select {
-	case buf = <-w.free:
+	case buf := <-w.free:
+		w.msg = slices.Grow(buf[:0], w.want)
+		return nil
 	case <-w.gone:
 		return errInprocGone
 	}
-	w.msgs <- append(buf[:0], msg...) // never blocks: msgs is empty while free was full
-	return nil
+}
+
+// deliver hands the gathered message to RecvMsg and expects the next
+// message's prefix.
+func (w *inprocResponse) deliver() {
+	w.msgs <- w.msg // never blocks: msgs is empty while the buffer was here
+	w.nprefix, w.want, w.msg = 0, 0, nil
 }
 
 // result is the call's status from the trailers, once ServeHTTP returned:

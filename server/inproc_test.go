@@ -84,7 +84,7 @@ func startInproc(t *testing.T) (*inprocChannel, *upstreamtest.Server, *observer)
 		t.Fatal(err)
 	}
 	obs := &observer{}
-	srv := grpc.NewServer(grpc.ChainStreamInterceptor(obs.stream), grpc.ChainUnaryInterceptor(obs.unary), grpc.StatsHandler(obs))
+	srv := grpc.NewServer(svc.ServerOption(), grpc.ChainStreamInterceptor(obs.stream), grpc.ChainUnaryInterceptor(obs.unary), grpc.StatsHandler(obs))
 	buildlogv1.RegisterBuildLogServiceServer(srv, svc)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	t.Cleanup(srv.Stop)

@@ -48,7 +48,7 @@ func benchmarkRESTMirror(b *testing.B, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(svc.ServerOption())
 	defer srv.Stop()
 	buildlogv1.RegisterBuildLogServiceServer(srv, svc)
 	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(&inprocChannel{server: srv}))

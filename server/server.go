@@ -183,6 +183,7 @@ func New(cfg Config) (*Server, error) {
 	maxStreams := uint32(cfg.MaxDownloads + streamsBeyondDownloads)
 	grpcOpts := append(append(cfg.Keepalive.serverOptions(),
 		grpc.MaxConcurrentStreams(maxStreams),
+		svc.ServerOption(),
 		tr.serverOption(),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.observeStreams),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),

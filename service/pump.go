@@ -10,16 +10,37 @@ import (
 // upstream's bytes go out without waiting for a whole chunk, and a fast
 // one's pile up into full chunks while a Send is under way.
 //
-// The reader writes only into the ring's free part and the relay reads only
-// its filled part; the indices, guarded by mu, hand the regions over.
+// The ring has three cursors, each a count of bytes since the start:
+//
+//	released ≤ lent ≤ written
+//
+// The reader writes into the free part, from written up to released plus
+// the ring's size. The relay takes the part from lent to written (next),
+// lends it out (lend), and each lent region comes back with release: at
+// once when Send copied it, or when gRPC has written it to the wire when
+// Send took it without a copy (see codec.go). Regions may come back out of
+// order (a cancelled stream frees its queue); released only moves past a
+// region once every region before it is back too.
 type pump struct {
-	mu     sync.Mutex
-	cond   sync.Cond
-	ring   []byte
-	r, w   int64 // bytes taken by the relay, and written by the reader
-	err    error // the body's final error, io.EOF at its end
-	closed bool  // the relay is done: stop reading
-	done   chan struct{}
+	mu       sync.Mutex
+	cond     sync.Cond
+	ring     []byte
+	released int64
+	lent     int64
+	written  int64
+	pending  []*region // lent regions, in ring order, not yet past released
+	err      error     // the body's final error, io.EOF at its end
+	aborted  error     // why the relay gave up waiting (its caller left)
+	closed   bool      // the relay is done: stop reading
+	idle     func()    // after closed, called once no region is lent out
+	done     chan struct{}
+}
+
+// region is a part of the ring lent to the relay.
+type region struct {
+	p        *pump
+	end      int64 // the lent cursor after this region
+	returned bool
 }
 
 // startPump starts reading body into ring.
@@ -35,22 +56,22 @@ func (p *pump) run(body io.Reader) {
 	size := int64(len(p.ring))
 	for {
 		p.mu.Lock()
-		for p.w-p.r == size && !p.closed {
+		for p.written-p.released == size && !p.closed {
 			p.cond.Wait()
 		}
 		if p.closed {
 			p.mu.Unlock()
 			return
 		}
-		start := p.w % size
-		end := min(size, start+size-(p.w-p.r))
+		start := p.written % size
+		end := min(size, start+size-(p.written-p.released))
 		free := p.ring[start:end]
 		p.mu.Unlock()
 
 		n, err := body.Read(free)
 
 		p.mu.Lock()
-		p.w += int64(n)
+		p.written += int64(n)
 		if err != nil {
 			p.err = err
 		}
@@ -62,38 +83,93 @@ func (p *pump) run(body io.Reader) {
 	}
 }
 
-// next waits for data and returns up to limit bytes of it, in one piece of
-// the ring; they stay valid until consume. With no data left it returns
-// the body's final error.
+// next waits for data not yet lent and returns up to limit bytes of it, in
+// one piece of the ring. With no data left it returns the body's final
+// error. The bytes are the relay's to lend; next returns them again until
+// lend.
 func (p *pump) next(limit int64) ([]byte, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for p.w == p.r && p.err == nil {
+	for p.written == p.lent && p.err == nil && p.aborted == nil {
 		p.cond.Wait()
 	}
-	if p.w == p.r {
+	if p.aborted != nil {
+		return nil, p.aborted
+	}
+	if p.written == p.lent {
 		return nil, p.err
 	}
 	size := int64(len(p.ring))
-	start := p.r % size
-	end := min(size, start+(p.w-p.r), start+limit)
+	start := p.lent % size
+	end := min(size, start+(p.written-p.lent), start+limit)
 	return p.ring[start:end], nil
 }
 
-// consume gives n bytes returned by next back to the reader.
-func (p *pump) consume(n int) {
+// abort makes next return err from now on. The relay aborts when its call
+// ends: with its earlier messages' regions still lent to a stalled
+// stream's queue, no data may ever come.
+func (p *pump) abort(err error) {
 	p.mu.Lock()
-	p.r += int64(n)
+	p.aborted = err
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
 
-// stop ends the reader and waits for it. A read blocked on the upstream
-// must be released first, by cancelling its request.
-func (p *pump) stop() {
+// lend marks the next n bytes returned by next as lent out, until the
+// region's release: the reader does not overwrite them meanwhile.
+func (p *pump) lend(n int) *region {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lent += int64(n)
+	r := &region{p: p, end: p.lent}
+	p.pending = append(p.pending, r)
+	return r
+}
+
+// release gives a lent region back to the reader, once every region lent
+// before it is back too. Releasing a region twice does nothing.
+func (r *region) release() {
+	p := r.p
+	p.mu.Lock()
+	r.returned = true
+	k := 0
+	for k < len(p.pending) && p.pending[k].returned {
+		p.released = p.pending[k].end
+		k++
+	}
+	if k > 0 {
+		p.pending = append(p.pending[:0], p.pending[k:]...)
+		p.cond.Broadcast()
+	}
+	var idle func()
+	if p.closed && len(p.pending) == 0 {
+		idle, p.idle = p.idle, nil
+	}
+	p.mu.Unlock()
+	if idle != nil {
+		idle()
+	}
+}
+
+// stop ends the reader and waits for it, then calls idle once no region
+// is lent out any more: at once, or at the last release. A read blocked on
+// the upstream must be released first, by cancelling its request. A region
+// that is never released (its buffer dropped without being freed) leaves
+// idle uncalled and the ring to the garbage collector.
+func (p *pump) stop(idle func()) {
 	p.mu.Lock()
 	p.closed = true
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	<-p.done
+
+	p.mu.Lock()
+	if len(p.pending) > 0 {
+		p.idle = idle
+		idle = nil
+	}
+	p.mu.Unlock()
+	if idle != nil {
+		idle()
+	}
 }

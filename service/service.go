@@ -58,6 +58,7 @@ type Server struct {
 	chunkSize int
 	buffers   sync.Pool     // of *[]byte with len 2*chunkSize, the pumps' rings
 	slots     chan struct{} // one per download in flight; nil: no limit
+	codec     lendingCodec  // see ServerOption
 
 	serverCredentials bool // see auth.go
 }
@@ -130,10 +131,11 @@ func (s *Server) withSlot(f func() error) error {
 	return f()
 }
 
-// relay fetches the log and sends the requested range of it. Memory is one
-// chunk buffer, reused: Send encodes the message before it returns, and
-// blocks while the caller's flow-control window is full, so a slow caller
-// slows the upstream read instead of filling memory.
+// relay fetches the log and sends the requested range of it. Memory is the
+// pump's ring of two chunks, reused across downloads: the messages sent
+// hold parts of it until they are on the wire, and Send blocks while the
+// caller's flow-control window is full, so a slow caller slows the upstream
+// read instead of filling memory.
 func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogRequest, token string, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
 	offset := req.GetOffset()
 	// The upstream request has its own cancel, to release a read the pump
@@ -169,10 +171,16 @@ func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogReque
 	resp := &buildlogv1.DownloadTaskLogResponse{Offset: offset, Metadata: logMetadata(req, log)}
 	bufp := s.buffers.Get().(*[]byte)
 	p := startPump(log.Body, *bufp)
+	ln := &loan{}
+	s.codec.loans.Store(resp, ln)
+	stopAbort := context.AfterFunc(ctx, func() { p.abort(ctx.Err()) })
 	defer func() {
+		stopAbort()
+		s.codec.loans.Delete(resp)
 		cancel() // releases a read waiting on the upstream
-		p.stop()
-		s.buffers.Put(bufp)
+		// The ring goes back to the pool once gRPC has freed every
+		// message that still holds a part of it.
+		p.stop(func() { s.buffers.Put(bufp) })
 	}()
 
 	pos := offset
@@ -180,12 +188,18 @@ func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogReque
 		data, rerr := p.next(min(int64(s.chunkSize), remaining))
 		if len(data) > 0 {
 			resp.Data, resp.Offset = data, pos
-			// Send encodes the message before it returns, so the ring's
-			// bytes can go back to the reader after it.
-			if err := stream.Send(resp); err != nil {
+			// The data is lent to the codec for this Send. If the codec
+			// copied it instead (see codec.go), Send has encoded the message
+			// before it returns, and the bytes go back to the reader now.
+			ln.data, ln.region, ln.taken = data, p.lend(len(data)), false
+			err := stream.Send(resp)
+			if !ln.taken {
+				ln.region.release()
+			}
+			ln.data, ln.region = nil, nil
+			if err != nil {
 				return err
 			}
-			p.consume(len(data))
 			resp.Metadata = nil
 			pos += int64(len(data))
 			remaining -= int64(len(data))

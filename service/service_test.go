@@ -56,7 +56,7 @@ func newEnv(t *testing.T, opts ...service.Option) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(svc.ServerOption())
 	buildlogv1.RegisterBuildLogServiceServer(gs, svc)
 	served := make(chan struct{})
 	go func() {
