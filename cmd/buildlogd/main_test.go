@@ -31,7 +31,7 @@ func env(vars map[string]string) func(string) (string, bool) {
 func defaultConfig(edits ...func(*config)) config {
 	c := config{
 		grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com",
-		chunkSize: 64 << 10, shutdownTimeout: 30 * time.Second,
+		chunkSize: 256 << 10, shutdownTimeout: 30 * time.Second,
 		headerTimeout: 30 * time.Second, idleTimeout: time.Minute, connectTimeout: 10 * time.Second,
 		attempts: 3, maxResumes: 8, maxDownloads: 512,
 	}

@@ -172,7 +172,7 @@ func (x *DownloadTaskLogRequest) GetLimit() int64 {
 // DownloadTaskLogResponse is one chunk of the log.
 type DownloadTaskLogResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The next bytes of the log, at most the server's chunk size (64 KiB by
+	// The next bytes of the log, at most the server's chunk size (256 KiB by
 	// default, never more than 2 MiB). Empty only in a stream's single message
 	// when the requested range holds no bytes (an empty log, or an offset equal
 	// to the log's size).
