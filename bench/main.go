@@ -90,7 +90,7 @@ func parseFlags() (options, error) {
 	maxBytes := flag.String("max-bytes", "2GiB", "skip cells whose concurrency × size exceeds this")
 	latency := flag.Int("latency", 500, "small-log requests per path and run for the latency table; 0 skips it")
 	chunk := flag.String("chunk-size", "", "buildlogd --chunk-size; default buildlogd's")
-	profile := flag.String("cpuprofile", "", "write CPU profiles of each relay's timed runs into this directory")
+	profile := flag.String("cpuprofile", "", "write CPU profiles of each relay's timed runs (and latency requests) into this directory")
 	flag.Parse()
 
 	var o options
@@ -216,7 +216,11 @@ func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
 	if o.latency == 0 {
 		return nil, nil
 	}
-	paths, stop, err := startPaths(bin, up.url, o.chunk, 1, "")
+	profile := ""
+	if o.profile != "" {
+		profile = filepath.Join(o.profile, kind+"-latency")
+	}
+	paths, stop, err := startPaths(bin, up.url, o.chunk, 1, profile)
 	if err != nil {
 		return nil, err
 	}

@@ -165,6 +165,18 @@ func measureLatency(kind string, paths []path, n, runs int) ([]latencyRow, error
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
+	for _, p := range paths {
+		if p.server != nil {
+			p.server.startProfile()
+		}
+	}
+	defer func() {
+		for _, p := range paths {
+			if p.server != nil {
+				p.server.stopProfile()
+			}
+		}
+	}()
 	for range runs {
 		for i, p := range paths {
 			for range n {
