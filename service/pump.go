@@ -34,6 +34,9 @@ type pump struct {
 	closed   bool      // the relay is done: stop reading
 	idle     func()    // after closed, called once no region is lent out
 	done     chan struct{}
+	// inline, when set, is the body next reads itself, on the relay's
+	// goroutine, instead of a reader goroutine (see readInline).
+	inline io.Reader
 }
 
 // region is a part of the ring lent to the relay.
@@ -51,6 +54,34 @@ func startPump(body io.Reader, ring []byte) *pump {
 	return p
 }
 
+// readInline returns a pump that reads body only within next, on the
+// relay's goroutine. For a range that fits in one message reading ahead
+// gains nothing, and a goroutine and its handoffs are most of a small
+// log's cost.
+func readInline(body io.Reader, ring []byte) *pump {
+	p := &pump{ring: ring, done: make(chan struct{}), inline: body}
+	p.cond.L = &p.mu
+	close(p.done)
+	return p
+}
+
+// free returns the ring's next free piece, empty when it is full. The
+// caller holds mu.
+func (p *pump) free() []byte {
+	size := int64(len(p.ring))
+	start := p.written % size
+	return p.ring[start:min(size, start+size-(p.written-p.released))]
+}
+
+// wrote records the result of reading into free. The caller holds mu.
+func (p *pump) wrote(n int, err error) {
+	p.written += int64(n)
+	if err != nil {
+		p.err = err
+	}
+	p.cond.Broadcast()
+}
+
 func (p *pump) run(body io.Reader) {
 	defer close(p.done)
 	size := int64(len(p.ring))
@@ -63,19 +94,13 @@ func (p *pump) run(body io.Reader) {
 			p.mu.Unlock()
 			return
 		}
-		start := p.written % size
-		end := min(size, start+size-(p.written-p.released))
-		free := p.ring[start:end]
+		free := p.free()
 		p.mu.Unlock()
 
 		n, err := body.Read(free)
 
 		p.mu.Lock()
-		p.written += int64(n)
-		if err != nil {
-			p.err = err
-		}
-		p.cond.Broadcast()
+		p.wrote(n, err)
 		p.mu.Unlock()
 		if err != nil {
 			return
@@ -91,6 +116,13 @@ func (p *pump) next(limit int64) ([]byte, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for p.written == p.lent && p.err == nil && p.aborted == nil {
+		if free := p.free(); p.inline != nil && len(free) > 0 {
+			p.mu.Unlock()
+			n, err := p.inline.Read(free)
+			p.mu.Lock()
+			p.wrote(n, err)
+			continue
+		}
 		p.cond.Wait()
 	}
 	if p.aborted != nil {

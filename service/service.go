@@ -41,6 +41,10 @@ const (
 	MaxChunkSize = 2 << 20
 )
 
+// smallRange is the size below which a range known to fit in one message
+// gets a ring of its own size.
+const smallRange = 32 << 10
+
 // defaultContentType is the media type of a log whose upstream answer named
 // none, or an invalid one.
 const defaultContentType = "application/octet-stream"
@@ -169,8 +173,22 @@ func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogReque
 	// The metadata is read before the pump starts: a resumption updates
 	// log.RequestID from the pump's goroutine.
 	resp := &buildlogv1.DownloadTaskLogResponse{Offset: offset, Metadata: logMetadata(req, log)}
-	bufp := s.buffers.Get().(*[]byte)
-	p := startPump(log.Body, *bufp)
+	var (
+		p    *pump
+		bufp *[]byte // the ring, when it came from the pool
+	)
+	switch n := min(log.Size-offset, remaining); {
+	case log.Size >= 0 && n < smallRange:
+		// A ring of the range's size, cheaper than a pooled one the
+		// garbage collector may have dropped.
+		p = readInline(log.Body, make([]byte, max(n, 1)))
+	case log.Size >= 0 && n <= int64(s.chunkSize):
+		bufp = s.buffers.Get().(*[]byte)
+		p = readInline(log.Body, *bufp) // one message holds the whole range
+	default:
+		bufp = s.buffers.Get().(*[]byte)
+		p = startPump(log.Body, *bufp)
+	}
 	ln := &loan{}
 	s.codec.loans.Store(resp, ln)
 	stopAbort := context.AfterFunc(ctx, func() { p.abort(ctx.Err()) })
@@ -180,7 +198,11 @@ func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogReque
 		cancel() // releases a read waiting on the upstream
 		// The ring goes back to the pool once gRPC has freed every
 		// message that still holds a part of it.
-		p.stop(func() { s.buffers.Put(bufp) })
+		p.stop(func() {
+			if bufp != nil {
+				s.buffers.Put(bufp)
+			}
+		})
 	}()
 
 	pos := offset

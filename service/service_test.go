@@ -167,6 +167,29 @@ func TestDownloadByteIdentical(t *testing.T) {
 			})
 		}
 	}
+	// At the default chunk size, around the sizes where the relay reads a
+	// range that fits in one message into a ring of its own size, or into
+	// a pooled one on its own goroutine, or with a reader goroutine.
+	for _, size := range []int64{32<<10 - 1, 32 << 10, service.DefaultChunkSize, service.DefaultChunkSize + 1} {
+		task := "default" + strconv.FormatInt(size, 10)
+		big.up.AddLog(recordID, task, upstreamtest.Log{Size: size})
+		t.Run(task, func(t *testing.T) {
+			t.Parallel()
+			for _, limit := range []int64{0, size - 1} {
+				msgs, err := big.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: task, Limit: limit})
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := upstreamtest.Generate(size, "INFO", task)
+				if limit > 0 {
+					want = want[:limit]
+				}
+				if got := checkStream(t, msgs, 0, service.DefaultChunkSize); !bytes.Equal(got, want) {
+					t.Errorf("limit %d: got %d bytes differing from the upstream's %d", limit, len(got), len(want))
+				}
+			}
+		})
+	}
 	t.Run("tens of MiB at the default chunk size", func(t *testing.T) {
 		t.Parallel()
 		const size = 40<<20 + 123
