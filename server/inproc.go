@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -165,6 +166,11 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 			return nil, err
 		}
 		header.Set("Grpc-Timeout", encodeTimeout(timeout))
+	}
+	if c.stats == nil {
+		// With no stats handler to carry the trace context, as tracing's
+		// does, the channel passes on the caller's itself.
+		propagator.Inject(ctx, propagation.HeaderCarrier(header))
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)
 	for k, vs := range md {

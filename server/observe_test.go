@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -421,6 +422,65 @@ func TestTraceReachesUpstream(t *testing.T) {
 			if !strings.Contains(joined, want) {
 				t.Errorf("%s: spans in the trace: %s; want one named %q", tc.name, joined, want)
 			}
+		}
+	}
+}
+
+// TestTraceContextPassesThroughWithTracingOff checks that with tracing off
+// (no TracerProvider), when none of OpenTelemetry's instrumentation runs, a
+// caller's trace context still reaches the upstream unchanged, through
+// gRPC and through the REST mirror's in-process hop, and that a call
+// without one sends none.
+func TestTraceContextPassesThroughWithTracingOff(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100})
+	const (
+		traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+		tracestate  = "vendor=opaque"
+		bag         = "tenant=team-a"
+	)
+	grpcCall := func(kv ...string) error {
+		ctx := metadata.AppendToOutgoingContext(context.Background(), append([]string{service.TokenMetadataKey, token}, kv...)...)
+		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := stream.Recv(); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+		}
+	}
+	restCall := func(kv ...string) error {
+		resp, _, err := s.Get(t, logPath("stage1"), token, kv...)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		call func(kv ...string) error
+	}{{"grpc", grpcCall}, {"rest", restCall}} {
+		// Sequential: each call is matched with the upstream's last request.
+		if err := tc.call("traceparent", traceparent, "tracestate", tracestate, "baggage", bag); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		reqs := s.Upstream.Requests()
+		h := reqs[len(reqs)-1].Header
+		if h.Get("Traceparent") != traceparent || h.Get("Tracestate") != tracestate || h.Get("Baggage") != bag {
+			t.Errorf("%s: upstream got traceparent %q, tracestate %q, baggage %q; want the caller's %q, %q, %q",
+				tc.name, h.Get("Traceparent"), h.Get("Tracestate"), h.Get("Baggage"), traceparent, tracestate, bag)
+		}
+		if err := tc.call(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		reqs = s.Upstream.Requests()
+		if h := reqs[len(reqs)-1].Header; h.Get("Traceparent") != "" || h.Get("Baggage") != "" {
+			t.Errorf("%s: a call without a trace sent traceparent %q, baggage %q upstream", tc.name, h.Get("Traceparent"), h.Get("Baggage"))
 		}
 	}
 }

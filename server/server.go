@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -90,8 +89,9 @@ type Config struct {
 	// Keepalive sets gRPC keepalive and connection age; nil means
 	// [DefaultKeepalive].
 	Keepalive *Keepalive
-	// TracerProvider records spans; default otel.GetTracerProvider() (a
-	// no-op unless the program installs one).
+	// TracerProvider records spans. Nil or a no-op provider turns tracing
+	// off: no spans, and none of their cost, but a caller's trace context
+	// still passes through to the upstream and the access log.
 	TracerProvider trace.TracerProvider
 
 	// Security (see auth.go and tls.go). TLSCertFile and TLSKeyFile serve
@@ -145,10 +145,7 @@ func New(cfg Config) (*Server, error) {
 		ka := DefaultKeepalive()
 		cfg.Keepalive = &ka
 	}
-	if cfg.TracerProvider == nil {
-		cfg.TracerProvider = otel.GetTracerProvider()
-	}
-	tr := tracing{tp: cfg.TracerProvider}
+	tr := newTracing(cfg.TracerProvider)
 	m := newMetrics()
 
 	sec, err := newSecurity(cfg)
