@@ -48,6 +48,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/service"
 )
 
 const (
@@ -61,6 +62,13 @@ func main() {
 	if target := os.Getenv(proxyEnv); target != "" {
 		if err := serveProxy(target); err != nil {
 			fmt.Fprintln(os.Stderr, "bench proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if chunk := os.Getenv(floorEnv); chunk != "" {
+		if err := serveFloor(chunk); err != nil {
+			fmt.Fprintln(os.Stderr, "bench gRPC floor:", err)
 			os.Exit(1)
 		}
 		return
@@ -279,6 +287,20 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 		return nil, nil, err
 	}
 	stops = append(stops, func() { conn.Close() })
+	floorChunk := chunk
+	if floorChunk == 0 {
+		floorChunk = service.DefaultChunkSize
+	}
+	floor, err := startChild(bin.bench, append(profileEnv("grpc-floor"), floorEnv+"="+strconv.FormatInt(floorChunk, 10)))
+	if err != nil {
+		return nil, nil, err
+	}
+	stops = append(stops, floor.Stop)
+	floorConn, err := grpc.NewClient(floor.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	stops = append(stops, func() { floorConn.Close() })
 	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * conc, DisableCompression: true}}
 	stops = append(stops, httpClient.CloseIdleConnections)
 	grpcClient := buildlogv1.NewBuildLogServiceClient(conn)
@@ -287,6 +309,7 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 		{name: "proxy", server: proxy, fetch: httpFetch(httpClient, "http://"+proxy.HTTPAddr)},
 		{name: "rest", server: restFacade, fetch: httpFetch(httpClient, "http://"+restFacade.HTTPAddr)},
 		{name: "grpc", server: grpcFacade, fetch: grpcFetch(grpcClient)},
+		{name: "floor", server: floor, fetch: grpcFetch(buildlogv1.NewBuildLogServiceClient(floorConn)), synthetic: true},
 	}, stop, nil
 }
 

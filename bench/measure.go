@@ -25,6 +25,8 @@ type path struct {
 	// fetch downloads the log of the given size into w, returning its
 	// length.
 	fetch func(size int64, w io.Writer) (int64, error)
+	// synthetic paths serve bytes of their own: only the length is checked.
+	synthetic bool
 }
 
 func httpFetch(c *http.Client, base string) func(int64, io.Writer) (int64, error) {
@@ -142,7 +144,7 @@ func download(p path, size int64, check bool, want [32]byte) error {
 	if n != size {
 		return fmt.Errorf("got %d bytes, want %d", n, size)
 	}
-	if check && [32]byte(h.Sum(nil)) != want {
+	if check && !p.synthetic && [32]byte(h.Sum(nil)) != want {
 		return fmt.Errorf("content differs from the upstream's")
 	}
 	return nil
