@@ -201,8 +201,10 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 		resp: &inprocResponse{
 			header:      http.Header{},
 			headerReady: make(chan struct{}),
-			msgs:        make(chan []byte, 1),
+			msgs:        make(chan inprocMessage, 1),
 			free:        make(chan []byte, 1),
+			returned:    make(chan struct{}, 1),
+			callerDone:  callerDoneFrom(ctx),
 			gone:        srvCtx.Done(),
 		},
 		finished: make(chan struct{}),
@@ -238,6 +240,7 @@ type inprocStream struct {
 	finished chan struct{} // closed when ServeHTTP has returned
 	held     []byte        // the buffer of the message last received
 	holding  bool          // held is the caller's until its next RecvMsg
+	lent     bool          // so is the lent data of that message
 	err      error         // the final result of RecvMsg, once known
 }
 
@@ -318,6 +321,11 @@ func (s *inprocStream) RecvMsg(m any) error {
 		s.holding = false
 		s.resp.free <- s.held
 	}
+	if s.lent {
+		// So do lent bytes; returned is empty while they are lent.
+		s.lent = false
+		s.resp.returned <- struct{}{}
+	}
 	select {
 	case b := <-s.resp.msgs:
 		return s.receive(b, m)
@@ -334,10 +342,12 @@ func (s *inprocStream) RecvMsg(m any) error {
 	}
 }
 
-// receive decodes message b, which the caller holds until its next RecvMsg.
-func (s *inprocStream) receive(b []byte, m any) error {
-	s.held, s.holding = b, true
-	if err := unmarshalAliasing(b, m); err != nil {
+// receive decodes message msg, which the caller holds until its next
+// RecvMsg.
+func (s *inprocStream) receive(msg inprocMessage, m any) error {
+	s.held, s.holding = msg.head, true
+	s.lent = msg.lent != nil
+	if err := unmarshalAliasing(msg.head, msg.lent, m); err != nil {
 		return s.fail(status.Errorf(codes.Internal, "in-process call: decode response: %v", err))
 	}
 	return nil
@@ -364,9 +374,19 @@ type inprocResponse struct {
 	// into it, sends it on msgs, and takes it back from free for the next
 	// one, which RecvMsg puts there once the caller is done with it. Both
 	// channels hold one; the buffer is in exactly one place at a time.
-	msgs chan []byte
+	msgs chan inprocMessage
 	free chan []byte
 	gone <-chan struct{}
+
+	// A message's data written apart from the rest of it, as the service's
+	// codec does, is not copied but lent to the caller when the caller is
+	// a REST request that says when it is over (callerDone, see
+	// withCallerDone): Write waits until RecvMsg gives it back (returned)
+	// or the request is over, for once Write returns, gRPC gives the bytes
+	// back to the service. A caller that went away may still be writing
+	// them, so its cancellation is not enough.
+	returned   chan struct{}
+	callerDone <-chan struct{}
 
 	prefix  [5]byte // the current message's length prefix
 	nprefix int     // bytes of prefix received
@@ -432,8 +452,11 @@ func (w *inprocResponse) Write(p []byte) (int, error) {
 			if w.err = w.begin(); w.err != nil {
 				return 0, w.err
 			}
+		} else if rest := w.want - len(w.msg); len(p) == rest && rest >= minLentData && w.callerDone != nil {
+			w.lend(p)
+			break
 		} else {
-			k := min(len(p), w.want-len(w.msg))
+			k := min(len(p), rest)
 			w.msg = append(w.msg, p[:k]...)
 			p = p[k:]
 		}
@@ -461,8 +484,48 @@ func (w *inprocResponse) begin() error {
 // deliver hands the gathered message to RecvMsg and expects the next
 // message's prefix.
 func (w *inprocResponse) deliver() {
-	w.msgs <- w.msg // never blocks: msgs is empty while the buffer was here
+	w.msgs <- inprocMessage{head: w.msg} // never blocks: msgs is empty while the buffer was here
 	w.nprefix, w.want, w.msg = 0, 0, nil
+}
+
+// lend hands RecvMsg the gathered start of a message and data, the rest of
+// it, without copying data, and waits until the caller gives data back or
+// its request is over.
+func (w *inprocResponse) lend(data []byte) {
+	w.msgs <- inprocMessage{head: w.msg, lent: data}
+	w.nprefix, w.want, w.msg = 0, 0, nil
+	select {
+	case <-w.returned:
+	case <-w.callerDone:
+	}
+}
+
+// minLentData is the smallest data lent rather than copied (see
+// service.ServerOption, which lends the same sizes).
+const minLentData = 4 << 10
+
+// inprocMessage is a response message: head, in the call's buffer, and,
+// when the data was lent, the rest of the message.
+type inprocMessage struct{ head, lent []byte }
+
+// callerDoneKey is the context key of a REST request's callerDone channel.
+type callerDoneKey struct{}
+
+// withCallerDone gives each request to h a channel, closed once h has
+// returned, that the in-process channel waits on before it takes back bytes
+// lent to the request (see inprocResponse). The REST mirror's handler keeps
+// no message past its return.
+func withCallerDone(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		done := make(chan struct{})
+		defer close(done)
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerDoneKey{}, (<-chan struct{})(done))))
+	})
+}
+
+func callerDoneFrom(ctx context.Context) <-chan struct{} {
+	done, _ := ctx.Value(callerDoneKey{}).(<-chan struct{})
+	return done
 }
 
 // result is the call's status from the trailers, once ServeHTTP returned:
@@ -524,27 +587,35 @@ func encodeTimeout(d time.Duration) string {
 	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
 }
 
-// unmarshalAliasing decodes b into m. A DownloadTaskLogResponse's data
-// aliases b instead of being copied, the point of the in-process channel;
-// anything else, or a response with fields this decoder does not know, goes
-// through proto.Unmarshal.
-func unmarshalAliasing(b []byte, m any) error {
+// unmarshalAliasing decodes the message b followed by lent into m. A
+// DownloadTaskLogResponse's data aliases b or lent instead of being copied,
+// the point of the in-process channel; anything else, or a response with
+// fields this decoder does not know, goes through proto.Unmarshal.
+func unmarshalAliasing(b, lent []byte, m any) error {
 	msg, ok := m.(proto.Message)
 	if !ok {
 		return errors.New("not a proto message")
 	}
-	chunk, ok := m.(*buildlogv1.DownloadTaskLogResponse)
-	if !ok || !unmarshalChunk(b, chunk) {
-		return proto.Unmarshal(b, msg)
+	if len(b) == 0 {
+		b, lent = lent, nil // the whole message was lent
 	}
-	return nil
+	chunk, ok := m.(*buildlogv1.DownloadTaskLogResponse)
+	if ok && unmarshalChunk(b, lent, chunk) {
+		return nil
+	}
+	if lent != nil {
+		b = append(slices.Clip(b), lent...)
+	}
+	return proto.Unmarshal(b, msg)
 }
 
-// unmarshalChunk decodes a DownloadTaskLogResponse with its data aliasing
-// b. It reports false, having changed nothing, for input it does not
-// handle: unknown fields, wrong wire types, or malformed input (which
-// proto.Unmarshal then reports).
-func unmarshalChunk(b []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
+// unmarshalChunk decodes a DownloadTaskLogResponse, b followed by lent,
+// with its data aliasing them. A non-nil lent must be exactly the data
+// field's bytes, with b ending in the field's tag and length, as the
+// service's codec writes it. It reports false, having changed nothing, for
+// input it does not handle: unknown fields, wrong wire types, a lent
+// elsewhere, or malformed input (which proto.Unmarshal then reports).
+func unmarshalChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 	var (
 		data     []byte
 		offset   int64
@@ -558,6 +629,13 @@ func unmarshalChunk(b []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 		}
 		b = b[n:]
 		switch {
+		case num == 1 && typ == protowire.BytesType && lent != nil:
+			var size uint64
+			size, n = protowire.ConsumeVarint(b)
+			if n < 0 || n != len(b) || size != uint64(len(lent)) {
+				return false // lent is not this field's bytes, at the end
+			}
+			data, lent = lent, nil
 		case num == 1 && typ == protowire.BytesType:
 			data, n = protowire.ConsumeBytes(b)
 		case num == 2 && typ == protowire.VarintType:
@@ -574,6 +652,9 @@ func unmarshalChunk(b []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 			return false
 		}
 		b = b[n:]
+	}
+	if lent != nil {
+		return false // no data field for it
 	}
 	var md *buildlogv1.LogMetadata
 	if mdCount > 0 {

@@ -259,11 +259,22 @@ func TestUnmarshalChunkMatchesProto(t *testing.T) {
 		}
 		return b
 	}
+	// As the service's codec writes a chunk: the other fields, then the
+	// data field's tag and length, then the data, which it lends.
+	data := bytes.Repeat([]byte("y"), 5000)
+	lentLayout := protowire.AppendVarint(protowire.AppendTag(encode(&buildlogv1.DownloadTaskLogResponse{Offset: 7, Metadata: withMetadata.Metadata}), 1, protowire.BytesType), uint64(len(data)))
+	lentLayout = append(lentLayout, data...)
 	tests := []struct {
 		name    string
 		in      []byte
+		lent    int  // the last lent bytes of in come apart from the rest
 		aliases bool // data is a slice of in, not a copy
 	}{
+		{name: "lent data", in: lentLayout, lent: len(data), aliases: true},
+		{name: "lent whole message", in: encode(withMetadata), lent: len(encode(withMetadata)), aliases: true},
+		{name: "lent part of the data", in: lentLayout, lent: len(data) - 1},
+		{name: "lent more than the data", in: lentLayout, lent: len(data) + 1},
+		{name: "lent metadata", in: append(encode(&buildlogv1.DownloadTaskLogResponse{Data: data}), encode(&buildlogv1.DownloadTaskLogResponse{Metadata: withMetadata.Metadata})...), lent: len(encode(&buildlogv1.DownloadTaskLogResponse{Metadata: withMetadata.Metadata}))},
 		{name: "empty", in: nil},
 		{name: "data only", in: encode(&buildlogv1.DownloadTaskLogResponse{Data: bytes.Repeat([]byte("x"), 70000)}), aliases: true},
 		{name: "all fields", in: encode(withMetadata), aliases: true},
@@ -279,7 +290,13 @@ func TestUnmarshalChunkMatchesProto(t *testing.T) {
 			want := &buildlogv1.DownloadTaskLogResponse{}
 			wantErr := proto.Unmarshal(tt.in, want)
 			got := &buildlogv1.DownloadTaskLogResponse{}
-			gotErr := unmarshalAliasing(tt.in, got)
+			var gotErr error
+			if tt.lent > 0 {
+				at := len(tt.in) - tt.lent
+				gotErr = unmarshalAliasing(tt.in[:at:at], tt.in[at:], got)
+			} else {
+				gotErr = unmarshalAliasing(tt.in, nil, got)
+			}
 			if (gotErr != nil) != (wantErr != nil) {
 				t.Fatalf("error %v, want %v", gotErr, wantErr)
 			}
@@ -307,13 +324,17 @@ func FuzzUnmarshalChunk(f *testing.F) {
 	md := &buildlogv1.LogMetadata{FileName: "x.log", TotalSize: proto.Int64(3)}
 	for _, m := range []*buildlogv1.DownloadTaskLogResponse{{}, {Data: []byte("abc"), Offset: 7, Metadata: md}} {
 		b, _ := proto.Marshal(m)
-		f.Add(b)
+		f.Add(b, uint16(0))
+		f.Add(b, uint16(len(m.GetData())))
 	}
-	f.Fuzz(func(t *testing.T, in []byte) {
+	f.Fuzz(func(t *testing.T, in []byte, lent uint16) {
 		want := &buildlogv1.DownloadTaskLogResponse{}
 		wantErr := proto.Unmarshal(in, want)
 		got := &buildlogv1.DownloadTaskLogResponse{}
-		gotErr := unmarshalAliasing(in, got)
+		// The last lent bytes come apart from the rest, in memory of their
+		// own, as a lent data field does.
+		at := len(in) - min(int(lent), len(in))
+		gotErr := unmarshalAliasing(bytes.Clone(in[:at]), bytes.Clone(in[at:]), got)
 		if (gotErr != nil) != (wantErr != nil) {
 			t.Fatalf("error %v, want %v", gotErr, wantErr)
 		}
