@@ -37,9 +37,22 @@ type responseState struct {
 	// length is unknown): the response is discarded, and the request served
 	// again without the Range.
 	ignoreRange bool
+	// done is closed once the call has been answered (see CallDone).
+	done chan struct{}
 }
 
 type responseStateKey struct{}
+
+// CallDone returns a channel closed once the REST request that ctx
+// belongs to has been answered (or abandoned, for a Range served again
+// without it): the mirror keeps no message of the gRPC call it made past
+// that. It returns nil for a context that is not a REST request's.
+func CallDone(ctx context.Context) <-chan struct{} {
+	if rs := stateFrom(ctx); rs != nil {
+		return rs.done
+	}
+	return nil
+}
 
 // prepare wraps next so each request's context carries its responseState
 // and its log_level is normalised, and aborts the connection when a stream
@@ -48,7 +61,7 @@ type responseStateKey struct{}
 func prepare(next http.Handler) http.Handler {
 	var serve http.HandlerFunc
 	serve = func(w http.ResponseWriter, orig *http.Request) {
-		rs := &responseState{ResponseWriter: w, status: http.StatusOK}
+		rs := &responseState{ResponseWriter: w, status: http.StatusOK, done: make(chan struct{})}
 		r := orig.Clone(context.WithValue(orig.Context(), responseStateKey{}, rs))
 		if r.Method == http.MethodHead {
 			// The headers of a GET: they depend on the log, so the call is
@@ -90,7 +103,10 @@ func prepare(next http.Handler) http.Handler {
 			}
 		}
 		header := w.Header().Clone()
-		next.ServeHTTP(rs, r)
+		func() {
+			defer close(rs.done)
+			next.ServeHTTP(rs, r)
+		}()
 		if rs.ignoreRange {
 			// The log's length is unknown, so the Range cannot be answered
 			// with a 206: serve the whole log instead, as RFC 9110 allows. No

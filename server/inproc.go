@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/buildlog/buildlog/gateway"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 )
 
@@ -204,8 +205,9 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 			msgs:        make(chan inprocMessage, 1),
 			free:        make(chan []byte, 1),
 			returned:    make(chan struct{}, 1),
-			callerDone:  callerDoneFrom(ctx),
+			callerDone:  gateway.CallDone(ctx),
 			gone:        srvCtx.Done(),
+			stop:        cancel,
 		},
 		finished: make(chan struct{}),
 	}
@@ -377,11 +379,12 @@ type inprocResponse struct {
 	msgs chan inprocMessage
 	free chan []byte
 	gone <-chan struct{}
+	stop func() // cancels the call, after a failed Write
 
 	// A message's data written apart from the rest of it, as the service's
 	// codec does, is not copied but lent to the caller when the caller is
-	// a REST request that says when it is over (callerDone, see
-	// withCallerDone): Write waits until RecvMsg gives it back (returned)
+	// a REST request, which says when it is over (callerDone, see
+	// gateway.CallDone): Write waits until RecvMsg gives it back (returned)
 	// or the request is over, for once Write returns, gRPC gives the bytes
 	// back to the service. A caller that went away may still be writing
 	// them, so its cancellation is not enough.
@@ -440,13 +443,11 @@ func (w *inprocResponse) Write(p []byte) (int, error) {
 				break
 			}
 			if w.prefix[0] != 0 {
-				w.err = errors.New("in-process call: compressed message")
-				return 0, w.err
+				return 0, w.fail(errors.New("in-process call: compressed message"))
 			}
 			size := binary.BigEndian.Uint32(w.prefix[1:])
 			if size > inprocMaxMessage {
-				w.err = errors.New("in-process call: message too large")
-				return 0, w.err
+				return 0, w.fail(errors.New("in-process call: message too large"))
 			}
 			w.want = int(size)
 			if w.err = w.begin(); w.err != nil {
@@ -467,6 +468,14 @@ func (w *inprocResponse) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// fail makes this and every later Write fail with err, and cancels the
+// call: the response cannot be delivered whole.
+func (w *inprocResponse) fail(err error) error {
+	w.err = err
+	w.stop()
+	return err
+}
+
 // begin waits until the caller has given back the call's buffer (it holds
 // the previous message until its next RecvMsg) and starts gathering the
 // next message into it. If the caller goes away meanwhile, the buffer stays
@@ -474,7 +483,9 @@ func (w *inprocResponse) Write(p []byte) (int, error) {
 func (w *inprocResponse) begin() error {
 	select {
 	case buf := <-w.free:
-		w.msg = slices.Grow(buf[:0], w.want)
+		// Grown as bytes are copied in: a message whose data is lent only
+		// copies its first few bytes.
+		w.msg = buf[:0]
 		return nil
 	case <-w.gone:
 		return errInprocGone
@@ -508,29 +519,13 @@ const minLentData = 4 << 10
 // when the data was lent, the rest of the message.
 type inprocMessage struct{ head, lent []byte }
 
-// callerDoneKey is the context key of a REST request's callerDone channel.
-type callerDoneKey struct{}
-
-// withCallerDone gives each request to h a channel, closed once h has
-// returned, that the in-process channel waits on before it takes back bytes
-// lent to the request (see inprocResponse). The REST mirror's handler keeps
-// no message past its return.
-func withCallerDone(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		done := make(chan struct{})
-		defer close(done)
-		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerDoneKey{}, (<-chan struct{})(done))))
-	})
-}
-
-func callerDoneFrom(ctx context.Context) <-chan struct{} {
-	done, _ := ctx.Value(callerDoneKey{}).(<-chan struct{})
-	return done
-}
-
 // result is the call's status from the trailers, once ServeHTTP returned:
 // io.EOF for OK.
 func (w *inprocResponse) result() error {
+	if w.err != nil && w.err != errInprocGone {
+		// The rest of the response was dropped: never report it as OK.
+		return status.Errorf(codes.Internal, "%v", w.err)
+	}
 	h := w.header
 	code := h.Get("Grpc-Status")
 	if code == "" {

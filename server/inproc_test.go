@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -361,5 +362,38 @@ func TestEncodeTimeout(t *testing.T) {
 		if got := encodeTimeout(tt.in); got != tt.want {
 			t.Errorf("encodeTimeout(%v) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestInprocFailedWriteIsNeverOK checks that once a Write of the response
+// fails (here a compressed message, which the channel cannot decode), the
+// rest of the response fails too, instead of being taken for messages of
+// its own, the call is cancelled, and its result is an error, not OK.
+func TestInprocFailedWriteIsNeverOK(t *testing.T) {
+	t.Parallel()
+	stopped := false
+	w := &inprocResponse{
+		header:      http.Header{"Grpc-Status": {"0"}},
+		headerReady: make(chan struct{}),
+		msgs:        make(chan inprocMessage, 1),
+		free:        make(chan []byte, 1),
+		gone:        make(chan struct{}),
+		stop:        func() { stopped = true },
+	}
+	w.free <- nil
+	if _, err := w.Write([]byte{1, 0, 0, 0, 3}); err == nil {
+		t.Fatal("a compressed message was accepted")
+	}
+	if _, err := w.Write([]byte{0, 0, 0, 0, 0}); err == nil {
+		t.Fatal("a Write after a failed one was accepted")
+	}
+	if len(w.msgs) != 0 {
+		t.Fatal("a message was delivered after a failed Write")
+	}
+	if !stopped {
+		t.Error("the call was not cancelled")
+	}
+	if err := w.result(); status.Code(err) != codes.Internal {
+		t.Errorf("result %v, want INTERNAL", err)
 	}
 }

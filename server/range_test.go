@@ -8,7 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
@@ -180,5 +183,44 @@ func TestRESTHead(t *testing.T) {
 	}
 	if sent := s.Upstream.BytesSent(); sent >= size {
 		t.Errorf("the upstream sent %d bytes for HEAD requests, want the download stopped early", sent)
+	}
+}
+
+// TestRangeServedAgainReleasesTheFirstAttempt checks that when a Range on a
+// log of unknown length is served again without it, the first attempt's
+// call lets go of the data lent to it at once, rather than holding its
+// ring and goroutine until the second attempt ends.
+//
+// Not parallel: it counts the goroutines of the whole process.
+func TestRangeServedAgainReleasesTheFirstAttempt(t *testing.T) {
+	s := startStack(t)
+	s.Upstream.AddLog(recordID, "unsized", upstreamtest.Log{Size: 64 << 20, OmitLength: true})
+	req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("unsized"), nil)
+	req.Header.Set("X-Auth-Token", token)
+	req.Header.Set("Range", "bytes=100-")
+	resp, err := s.HTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200 (the whole log)", resp.StatusCode)
+	}
+	// The second attempt is under way, held back by this reader: at most
+	// its own call may have data lent to it.
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	lending := func() int {
+		buf := make([]byte, 8<<20)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*inprocResponse).lend(")
+	}
+	giveUp := time.After(10 * time.Second)
+	for n := lending(); n > 1; n = lending() {
+		select {
+		case <-giveUp:
+			t.Fatalf("%d calls wait with lent data, want at most the second attempt's", n)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }

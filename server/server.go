@@ -200,7 +200,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("build the REST mirror: %w", err)
 	}
 	s.httpServer = &http.Server{
-		Handler:           tr.restHandler(withCallerDone(mirror)),
+		Handler:           tr.restHandler(mirror),
 		ReadHeaderTimeout: 10 * time.Second,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(maxStreams)},
 		IdleTimeout:       2 * time.Minute,

@@ -49,7 +49,7 @@ func (t tracing) on() bool { return t.tp != nil }
 // caller's trace context into the call's context.
 func (t tracing) serverOption() grpc.ServerOption {
 	if !t.on() {
-		return grpc.ChainStreamInterceptor(passTraceContext)
+		return passTraceContext
 	}
 	return grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator)))
 }
@@ -105,17 +105,19 @@ func (t tracing) upstreamOption() upstream.Option {
 	})
 }
 
-// passTraceContext takes the caller's trace context from the call's
-// metadata into its context, where the access log and the upstream
-// transport find it.
-func passTraceContext(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx := ss.Context()
-	md, _ := metadata.FromIncomingContext(ctx)
-	if traced := propagator.Extract(ctx, metadataCarrier(md)); traced != ctx {
-		ss = &markedStream{ServerStream: ss, ctx: traced}
-	}
-	return handler(srv, ss)
-}
+// passTraceContext is the gRPC server's interceptor that takes the
+// caller's trace context from a stream's metadata into its context, where
+// the access log and the upstream transport find it. (The service's only
+// unary calls are health checks, which call nothing.)
+var passTraceContext = grpc.ChainStreamInterceptor(
+	func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx := ss.Context()
+		md, _ := metadata.FromIncomingContext(ctx)
+		if traced := propagator.Extract(ctx, metadataCarrier(md)); traced != ctx {
+			ss = &markedStream{ServerStream: ss, ctx: traced}
+		}
+		return handler(srv, ss)
+	})
 
 // metadataCarrier is gRPC metadata as a propagation.TextMapCarrier.
 type metadataCarrier metadata.MD
@@ -128,6 +130,9 @@ func (c metadataCarrier) Get(key string) string {
 }
 
 func (c metadataCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
+
+// Values returns every value of key: baggage may come as several entries.
+func (c metadataCarrier) Values(key string) []string { return metadata.MD(c).Get(key) }
 
 func (c metadataCarrier) Keys() []string { return slices.Collect(maps.Keys(c)) }
 

@@ -119,7 +119,7 @@ func (s *Stack) Get(t testing.TB, path, token string, header ...string) (resp *h
 		req.Header.Set("X-Auth-Token", token)
 	}
 	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
+		req.Header.Add(header[i], header[i+1])
 	}
 	resp, err = s.HTTP.Do(req)
 	if err != nil {
