@@ -184,7 +184,9 @@ func (s *Server) relay(ctx context.Context, req *buildlogv1.DownloadTaskLogReque
 		p = readInline(log.Body, make([]byte, max(n, 1)))
 	case log.Size >= 0 && n <= int64(s.chunkSize):
 		bufp = s.buffers.Get().(*[]byte)
-		p = readInline(log.Body, *bufp) // one message holds the whole range
+		// The range fits in one message: reading ahead of it gains
+		// nothing. (What has arrived is still sent as it arrives.)
+		p = readInline(log.Body, *bufp)
 	default:
 		bufp = s.buffers.Get().(*[]byte)
 		p = startPump(log.Body, *bufp)
