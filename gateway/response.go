@@ -39,9 +39,23 @@ type responseState struct {
 	ignoreRange bool
 	// done is closed once the call has been answered (see CallDone).
 	done chan struct{}
+	// callEnded, when set, is closed once the gRPC call made for the
+	// request has ended (see TrackCall).
+	callEnded <-chan struct{}
 }
 
 type responseStateKey struct{}
+
+// TrackCall records that the gRPC call made for the REST request of ctx
+// ends when ended is closed. A request served again (a Range the log's
+// unknown length cannot answer) first waits for its first call to end, so
+// that call's download slot is free for the second. Contexts that are not
+// a REST request's are ignored.
+func TrackCall(ctx context.Context, ended <-chan struct{}) {
+	if rs := stateFrom(ctx); rs != nil {
+		rs.callEnded = ended
+	}
+}
 
 // CallDone returns a channel closed once the REST request that ctx
 // belongs to has been answered (or abandoned, for a Range served again
@@ -110,7 +124,15 @@ func prepare(next http.Handler) http.Handler {
 		if rs.ignoreRange {
 			// The log's length is unknown, so the Range cannot be answered
 			// with a 206: serve the whole log instead, as RFC 9110 allows. No
-			// byte of the first attempt was written.
+			// byte of the first attempt was written. Its call, cancelled as
+			// the attempt returned, ends first: under a full --max-downloads
+			// the second call needs its slot.
+			if rs.callEnded != nil {
+				select {
+				case <-rs.callEnded:
+				case <-orig.Context().Done():
+				}
+			}
 			maps.Copy(clearHeader(w.Header()), header)
 			again := orig.Clone(orig.Context())
 			again.Header.Del("Range")

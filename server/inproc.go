@@ -49,8 +49,45 @@ func newInprocServer(opts []grpc.ServerOption) *grpc.Server {
 // caller authentication trusts the REST mirror's marker only on such calls
 // (auth.go), and metrics and logs tell REST calls by it (callPath).
 func markInprocStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if e, ok := ss.Context().Value(callEndKey{}).(*callEnd); ok && e.enter() {
+		defer e.close()
+	}
 	return handler(srv, &markedStream{ServerStream: ss, ctx: inprocContext(ss.Context())})
 }
+
+// callEnd tells when an in-process call has ended: its handler has returned
+// (and with it released whatever it held, such as a download slot), or the
+// call was over without reaching it. ServeHTTP can return before the
+// handler does, when the call is cancelled.
+type callEnd struct {
+	mu      sync.Mutex
+	entered bool // the handler was called
+	over    bool // ServeHTTP has returned
+	ended   chan struct{}
+}
+
+type callEndKey struct{}
+
+// enter records that the handler runs, unless the call is already over.
+func (e *callEnd) enter() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.entered = !e.over
+	return e.entered
+}
+
+// serveReturned records that ServeHTTP has returned; a call whose handler
+// never ran ends there.
+func (e *callEnd) serveReturned() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.over = true
+	if !e.entered {
+		close(e.ended)
+	}
+}
+
+func (e *callEnd) close() { close(e.ended) }
 
 func markInprocUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	return handler(inprocContext(ctx), req)
@@ -184,8 +221,9 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 	}
 
 	// The server's context carries the caller's cancellation but none of
-	// its values, as over a network.
-	srvCtx, cancel := context.WithCancel(context.Background())
+	// its values, as over a network, only the call's callEnd.
+	callEnd := &callEnd{ended: make(chan struct{})}
+	srvCtx, cancel := context.WithCancel(context.WithValue(context.Background(), callEndKey{}, callEnd))
 	req := (&http.Request{
 		Method:     http.MethodPost,
 		URL:        &url.URL{Path: method},
@@ -214,6 +252,7 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 	s.resp.free <- nil // the call's message buffer, grown on first use
 	s.start = func() {
 		req.Body = io.NopCloser(bytes.NewReader(s.request))
+		gateway.TrackCall(ctx, callEnd.ended)
 		// A caller that goes away without a last RecvMsg ends the call too.
 		stopAfter := context.AfterFunc(ctx, func() {
 			cancel()
@@ -224,6 +263,7 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 			defer cancel()
 			defer stopAfter()
 			c.server.ServeHTTP(s.resp, req)
+			callEnd.serveReturned()
 			s.resp.sendHeader()
 		}()
 	}

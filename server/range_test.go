@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildlog/buildlog/server"
+	"github.com/buildlog/buildlog/server/servertest"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -221,6 +223,23 @@ func TestRangeServedAgainReleasesTheFirstAttempt(t *testing.T) {
 		case <-giveUp:
 			t.Fatalf("%d calls wait with lent data, want at most the second attempt's", n)
 		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestRangeServedAgainUnderFullCapacity checks that a Range on a log of
+// unknown length, served again without it, succeeds when its first
+// attempt holds the only download slot: the second call waits for the
+// first to end rather than being refused as over capacity.
+func TestRangeServedAgainUnderFullCapacity(t *testing.T) {
+	t.Parallel()
+	s := servertest.StartWith(t, func(cfg *server.Config) { cfg.MaxDownloads = 1 })
+	s.Upstream.AddLog(recordID, "unsized", upstreamtest.Log{Size: 1 << 20, OmitLength: true})
+	want := upstreamtest.Generate(1<<20, "INFO", "unsized")
+	for i := range 20 {
+		resp, body, err := s.Get(t, logPath("unsized"), token, "Range", "bytes=100-")
+		if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+			t.Fatalf("request %d: status %d, %d bytes, %v; want 200 and the whole log", i, resp.StatusCode, len(body), err)
 		}
 	}
 }
