@@ -25,86 +25,77 @@ func BenchmarkDownload(b *testing.B) {
 		s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
 		b.Run(fmt.Sprintf("path=grpc/chunk=%dKiB", chunk>>10), func(b *testing.B) {
 			b.SetBytes(size)
-			ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
 			for b.Loop() {
-				stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
-				if err != nil {
-					b.Fatal(err)
-				}
-				n := 0
-				for {
-					msg, err := stream.Recv()
-					if err == io.EOF {
-						break
-					}
-					if err != nil {
-						b.Fatal(err)
-					}
-					n += len(msg.GetData())
-				}
-				if n != size {
-					b.Fatalf("got %d bytes, want %d", n, size)
-				}
+				fetchGRPC(b, s, size)
 			}
 		})
 		b.Run(fmt.Sprintf("path=rest/chunk=%dKiB", chunk>>10), func(b *testing.B) {
 			b.SetBytes(size)
 			for b.Loop() {
-				req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
-				req.Header.Set("X-Auth-Token", token)
-				resp, err := s.HTTP.Do(req)
-				if err != nil {
-					b.Fatal(err)
-				}
-				n, err := io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if err != nil || n != size {
-					b.Fatalf("got %d bytes, %v; want %d", n, err, size)
-				}
+				fetchREST(b, s, size)
 			}
 		})
 	}
 }
 
 // BenchmarkSmallLog fetches a 1 KiB log through each path of the whole
-// server (metrics, tracing with a no-op provider, access log, REST mirror),
-// with the upstream and the client in this process: the cost of a request
-// rather than of its bytes.
+// server (metrics, tracing off, access log, REST mirror), with the upstream
+// and the client in this process: the cost of a request rather than of its
+// bytes.
 func BenchmarkSmallLog(b *testing.B) {
 	const size = 1 << 10
 	s := servertest.Start(b, service.DefaultChunkSize)
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
 	b.Run("path=grpc", func(b *testing.B) {
 		b.ReportAllocs()
-		ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
 		for b.Loop() {
-			stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
-			if err != nil {
-				b.Fatal(err)
-			}
-			msg, err := stream.Recv()
-			if err != nil || len(msg.GetData()) != size {
-				b.Fatalf("got %d bytes, %v; want %d", len(msg.GetData()), err, size)
-			}
-			if _, err := stream.Recv(); err != io.EOF {
-				b.Fatalf("after the log: %v, want EOF", err)
-			}
+			fetchGRPC(b, s, size)
 		}
 	})
 	b.Run("path=rest", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
-			req.Header.Set("X-Auth-Token", token)
-			resp, err := s.HTTP.Do(req)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err != nil || n != size {
-				b.Fatalf("got %d bytes, %v; want %d", n, err, size)
-			}
+			fetchREST(b, s, size)
 		}
 	})
+}
+
+// fetchGRPC downloads the stage1 log over gRPC, failing b unless it has
+// size bytes.
+func fetchGRPC(b *testing.B, s *servertest.Stack, size int) {
+	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		n += len(msg.GetData())
+	}
+	if n != size {
+		b.Fatalf("got %d bytes, want %d", n, size)
+	}
+}
+
+// fetchREST downloads the stage1 log over the REST mirror, failing b
+// unless it has size bytes.
+func fetchREST(b *testing.B, s *servertest.Stack, size int64) {
+	req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
+	req.Header.Set("X-Auth-Token", token)
+	resp, err := s.HTTP.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != size {
+		b.Fatalf("got %d bytes, %v; want %d", n, err, size)
+	}
 }
