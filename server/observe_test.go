@@ -368,27 +368,8 @@ func TestTraceReachesUpstream(t *testing.T) {
 		name, traceID string
 		call          func(traceparent string) error
 	}{
-		{"grpc", "0af7651916cd43dd8448eb211c80319c", func(tp string) error {
-			ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token, "traceparent", tp)
-			stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
-			if err != nil {
-				return err
-			}
-			for {
-				if _, err := stream.Recv(); err == io.EOF {
-					return nil
-				} else if err != nil {
-					return err
-				}
-			}
-		}},
-		{"rest", "5b8efff798038103d269b633813fc60c", func(tp string) error {
-			resp, _, err := s.Get(t, logPath("stage1"), token, "traceparent", tp)
-			if err == nil && resp.StatusCode != http.StatusOK {
-				return status.Errorf(codes.Unknown, "status %d", resp.StatusCode)
-			}
-			return err
-		}},
+		{"grpc", "0af7651916cd43dd8448eb211c80319c", func(tp string) error { return grpcFetch(s, "traceparent", tp) }},
+		{"rest", "5b8efff798038103d269b633813fc60c", func(tp string) error { return restFetch(t, s, "traceparent", tp) }},
 	} {
 		// Sequential: each call is matched with the upstream's last request.
 		if err := tc.call("00-" + tc.traceID + "-b7ad6b7169203331-01"); err != nil {
@@ -439,27 +420,8 @@ func TestTraceContextPassesThroughWithTracingOff(t *testing.T) {
 		traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 		tracestate  = "vendor=opaque"
 	)
-	grpcCall := func(kv ...string) error {
-		ctx := metadata.AppendToOutgoingContext(context.Background(), append([]string{service.TokenMetadataKey, token}, kv...)...)
-		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
-		if err != nil {
-			return err
-		}
-		for {
-			if _, err := stream.Recv(); err == io.EOF {
-				return nil
-			} else if err != nil {
-				return err
-			}
-		}
-	}
-	restCall := func(kv ...string) error {
-		resp, _, err := s.Get(t, logPath("stage1"), token, kv...)
-		if err == nil && resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return err
-	}
+	grpcCall := func(kv ...string) error { return grpcFetch(s, kv...) }
+	restCall := func(kv ...string) error { return restFetch(t, s, kv...) }
 	for _, tc := range []struct {
 		name string
 		call func(kv ...string) error
@@ -532,4 +494,31 @@ func TestRetryAndResumeMetrics(t *testing.T) {
 	if v, _ := metricValue(families, "buildlog_upstream_requests_total", map[string]string{"status": "503"}); v != 1 {
 		t.Errorf("buildlog_upstream_requests_total{status=503} = %v, want 1", v)
 	}
+}
+
+// grpcFetch downloads the stage1 log over gRPC with the token and the
+// metadata pairs kv, discarding it.
+func grpcFetch(s *servertest.Stack, kv ...string) error {
+	ctx := metadata.AppendToOutgoingContext(context.Background(), append([]string{service.TokenMetadataKey, token}, kv...)...)
+	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := stream.Recv(); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+}
+
+// restFetch downloads the stage1 log over the REST mirror with the token
+// and the header pairs kv; an answer other than 200 is an error.
+func restFetch(t *testing.T, s *servertest.Stack, kv ...string) error {
+	resp, _, err := s.Get(t, logPath("stage1"), token, kv...)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return err
 }
