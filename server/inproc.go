@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,11 +23,10 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildlog/buildlog/gateway"
-	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/chunkwire"
 )
 
 // newInprocServer returns the gRPC server of the REST mirror's in-process
@@ -389,7 +387,7 @@ func (s *inprocStream) RecvMsg(m any) error {
 func (s *inprocStream) receive(msg inprocMessage, m any) error {
 	s.held, s.holding = msg.head, true
 	s.lent = msg.lent != nil
-	if err := unmarshalAliasing(msg.head, msg.lent, m); err != nil {
+	if err := chunkwire.Decode(msg.head, msg.lent, m); err != nil {
 		return s.fail(status.Errorf(codes.Internal, "in-process call: decode response: %v", err))
 	}
 	return nil
@@ -620,88 +618,4 @@ func encodeTimeout(d time.Duration) string {
 		}
 	}
 	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
-}
-
-// unmarshalAliasing decodes the message b followed by lent into m. A
-// DownloadTaskLogResponse's data aliases b or lent instead of being copied,
-// the point of the in-process channel; anything else, or a response with
-// fields this decoder does not know, goes through proto.Unmarshal.
-func unmarshalAliasing(b, lent []byte, m any) error {
-	msg, ok := m.(proto.Message)
-	if !ok {
-		return errors.New("not a proto message")
-	}
-	if len(b) == 0 {
-		b, lent = lent, nil // the whole message was lent
-	}
-	chunk, ok := m.(*buildlogv1.DownloadTaskLogResponse)
-	if ok && unmarshalChunk(b, lent, chunk) {
-		return nil
-	}
-	if lent != nil {
-		b = append(slices.Clip(b), lent...)
-	}
-	return proto.Unmarshal(b, msg)
-}
-
-// unmarshalChunk decodes a DownloadTaskLogResponse, b followed by lent,
-// with its data aliasing them. A non-nil lent must be exactly the data
-// field's bytes, with b ending in the field's tag and length, as the
-// service's codec writes it. It reports false, having changed nothing, for
-// input it does not handle: unknown fields, wrong wire types, a lent
-// elsewhere, or malformed input (which proto.Unmarshal then reports).
-func unmarshalChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
-	var (
-		data     []byte
-		offset   int64
-		metadata []byte // the last metadata field; several are merged by proto.Unmarshal
-		mdCount  int
-	)
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
-		switch {
-		case num == 1 && typ == protowire.BytesType && lent != nil:
-			var size uint64
-			size, n = protowire.ConsumeVarint(b)
-			if n < 0 || n != len(b) || size != uint64(len(lent)) {
-				return false // lent is not this field's bytes, at the end
-			}
-			data, lent = lent, nil
-		case num == 1 && typ == protowire.BytesType:
-			data, n = protowire.ConsumeBytes(b)
-		case num == 2 && typ == protowire.VarintType:
-			var v uint64
-			v, n = protowire.ConsumeVarint(b)
-			offset = int64(v)
-		case num == 3 && typ == protowire.BytesType:
-			metadata, n = protowire.ConsumeBytes(b)
-			mdCount++
-		default:
-			return false
-		}
-		if n < 0 || mdCount > 1 {
-			return false
-		}
-		b = b[n:]
-	}
-	if lent != nil {
-		return false // no data field for it
-	}
-	var md *buildlogv1.LogMetadata
-	if mdCount > 0 {
-		md = &buildlogv1.LogMetadata{}
-		if proto.Unmarshal(metadata, md) != nil {
-			return false
-		}
-	}
-	if len(data) == 0 {
-		data = nil // as proto.Unmarshal leaves an empty proto3 bytes field
-	}
-	proto.Reset(m)
-	m.Data, m.Offset, m.Metadata = data, offset, md
-	return true
 }
