@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/client"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/service"
 )
@@ -125,7 +126,7 @@ func download(ctx context.Context, args []string, env environment) error {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(tc))
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(tc), client.DialOption())
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", f.addr, err)
 	}
