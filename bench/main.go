@@ -17,14 +17,19 @@
 //	direct  GET from the upstream
 //	proxy   GET through the reverse proxy (the baseline)
 //	rest    GET through buildlogd's REST mirror
-//	grpc    the gRPC stream, read by a Go client on one shared connection
+//	grpc    the gRPC stream, read by a Go client on one shared connection,
+//	        with the client package's codec (-grpc-codec proto for gRPC's)
+//	floor   a plain grpc-go server streaming the same bytes from memory to
+//	        the same client: the least any gRPC facade on grpc-go costs
 //
 // A cell whose concurrency × size exceeds -max-bytes is skipped. The first
 // run of every cell warms up and checks every download's content (SHA-256
 // against the generated log); timed runs check lengths. The table shows
 // the median wall time of the cell's downloads, their aggregate
 // throughput, the ratio to the proxy's median, the relaying process's CPU
-// seconds per GiB relayed and its peak RSS (VmHWM).
+// seconds per GiB relayed and its peak RSS (VmHWM), and this process's CPU
+// seconds per GiB (up+cli: the upstream's and the clients', as the paths
+// run one at a time).
 //
 // The latency table times -latency sequential requests per path and run
 // for a 1 KiB log over kept-alive connections (the gRPC client reuses its
@@ -47,6 +52,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/buildlog/buildlog/client"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/service"
 )
@@ -88,6 +94,8 @@ type options struct {
 	latency   int
 	chunk     int64
 	profile   string
+	// clientCodec has the gRPC clients use the client package's codec.
+	clientCodec bool
 }
 
 func parseFlags() (options, error) {
@@ -98,6 +106,7 @@ func parseFlags() (options, error) {
 	maxBytes := flag.String("max-bytes", "2GiB", "skip cells whose concurrency × size exceeds this")
 	latency := flag.Int("latency", 500, "small-log requests per path and run for the latency table; 0 skips it")
 	chunk := flag.String("chunk-size", "", "buildlogd --chunk-size; default buildlogd's")
+	codec := flag.String("grpc-codec", "client", "the gRPC clients' codec: client (the client package's, as buildlog recommends to Go programs) or proto (gRPC's default)")
 	profile := flag.String("cpuprofile", "", "write CPU profiles of each relay's timed runs (and latency requests) into this directory")
 	flag.Parse()
 
@@ -129,6 +138,13 @@ func parseFlags() (options, error) {
 		err = cmp.Or(err, perr)
 	}
 	o.runs, o.latency, o.profile = *runs, *latency, *profile
+	switch *codec {
+	case "client":
+		o.clientCodec = true
+	case "proto":
+	default:
+		err = cmp.Or(err, fmt.Errorf("unknown -grpc-codec %q: want client or proto", *codec))
+	}
 	if o.runs < 1 {
 		err = cmp.Or(err, fmt.Errorf("-runs must be at least 1"))
 	}
@@ -159,8 +175,8 @@ func run() error {
 	fmt.Printf("%d timed runs per path and cell (after a warm-up run), medians; ratio = time / proxy's time; chunk size %s\n\n",
 		o.runs, chunk)
 	var latencies []latencyRow
-	fmt.Printf("%-8s %7s %5s %-6s %10s %10s %7s %9s %9s\n",
-		"upstream", "size", "conc", "path", "median", "MiB/s", "ratio", "CPU s/GiB", "peak RSS")
+	fmt.Printf("%-8s %7s %5s %-6s %10s %10s %7s %9s %9s %12s\n",
+		"upstream", "size", "conc", "path", "median", "MiB/s", "ratio", "CPU s/GiB", "peak RSS", "up+cli s/GiB")
 	for _, kind := range o.upstreams {
 		rows, err := benchUpstream(kind, bin, o)
 		if err != nil {
@@ -199,7 +215,7 @@ func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
 			if o.profile != "" {
 				profile = filepath.Join(o.profile, fmt.Sprintf("%s-%s-%d", kind, formatBytes(size), c))
 			}
-			paths, stop, err := startPaths(bin, up.url, o.chunk, c, profile)
+			paths, stop, err := startPaths(bin, up.url, o, c, profile)
 			if err != nil {
 				return nil, err
 			}
@@ -210,14 +226,15 @@ func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
 			}
 			base := results[1].median
 			for _, r := range results {
+				gib := float64(size) * float64(c) * float64(o.runs) / (1 << 30)
 				cpu, rss := "-", "-"
 				if r.server != nil {
-					cpu = fmt.Sprintf("%.2f", r.cpu.Seconds()/(float64(size)*float64(c)*float64(o.runs)/(1<<30)))
+					cpu = fmt.Sprintf("%.2f", r.cpu.Seconds()/gib)
 					rss = fmt.Sprintf("%.1f MiB", float64(r.peakRSS)/(1<<20))
 				}
-				fmt.Printf("%-8s %7s %5d %-6s %10s %10.0f %6.2fx %9s %9s\n", kind, formatBytes(size), c, r.name,
+				fmt.Printf("%-8s %7s %5d %-6s %10s %10.0f %6.2fx %9s %9s %12.2f\n", kind, formatBytes(size), c, r.name,
 					fmtDur(r.median), float64(size)*float64(c)/(1<<20)/r.median.Seconds(),
-					float64(r.median)/float64(base), cpu, rss)
+					float64(r.median)/float64(base), cpu, rss, r.localCPU.Seconds()/gib)
 			}
 		}
 	}
@@ -228,7 +245,7 @@ func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
 	if o.profile != "" {
 		profile = filepath.Join(o.profile, kind+"-latency")
 	}
-	paths, stop, err := startPaths(bin, up.url, o.chunk, 1, profile)
+	paths, stop, err := startPaths(bin, up.url, o, 1, profile)
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +257,8 @@ func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
 // so that each one's peak RSS is the cell's: the proxy, and one buildlogd
 // for REST and one for gRPC. stop stops them. With a profile prefix, each
 // relay writes the CPU profile of its timed runs to prefix-PATH.pprof.
-func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile string) (paths []path, stop func(), err error) {
+func startPaths(bin binaries, upstreamURL string, o options, conc int, profile string) (paths []path, stop func(), err error) {
+	chunk := o.chunk
 	var stops []func()
 	stop = func() {
 		for _, f := range slices.Backward(stops) {
@@ -282,7 +300,11 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := grpc.NewClient(grpcFacade.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dial := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if o.clientCodec {
+		dial = append(dial, client.DialOption())
+	}
+	conn, err := grpc.NewClient(grpcFacade.GRPCAddr, dial...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -296,7 +318,7 @@ func startPaths(bin binaries, upstreamURL string, chunk int64, conc int, profile
 		return nil, nil, err
 	}
 	stops = append(stops, floor.Stop)
-	floorConn, err := grpc.NewClient(floor.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	floorConn, err := grpc.NewClient(floor.GRPCAddr, dial...)
 	if err != nil {
 		return nil, nil, err
 	}

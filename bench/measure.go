@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/metadata"
@@ -73,9 +74,12 @@ func grpcFetch(c buildlogv1.BuildLogServiceClient) func(int64, io.Writer) (int64
 // result is one path's figures in one cell.
 type result struct {
 	path
-	median  time.Duration
-	cpu     time.Duration // the server's, over the timed runs
-	peakRSS int64
+	median time.Duration
+	cpu    time.Duration // the server's, over the timed runs
+	// localCPU is this process's over the timed runs: the upstream's and
+	// the clients', as the paths run one at a time.
+	localCPU time.Duration
+	peakRSS  int64
 }
 
 // measureCell downloads the log of the given size conc times at once
@@ -96,6 +100,7 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 				}
 				cpuBefore = p.server.CPU()
 			}
+			localBefore := selfCPU()
 			start := time.Now()
 			errs := make([]error, conc)
 			var wg sync.WaitGroup
@@ -104,6 +109,9 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 			}
 			wg.Wait()
 			elapsed := time.Since(start)
+			if !check {
+				results[i].localCPU += selfCPU() - localBefore
+			}
 			for _, err := range errs {
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", p.name, err)
@@ -127,6 +135,15 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 		results[i].median = median(times[i])
 	}
 	return results, nil
+}
+
+// selfCPU returns the CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // download fetches the log through p and checks its length, and its
