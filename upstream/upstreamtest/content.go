@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 )
 
 // Generated logs are lines of one fixed width, so the byte at any offset is
@@ -49,26 +50,65 @@ func newGenerator(size int64, level, taskName string) *generator {
 	if len(taskName) > 32 {
 		taskName = taskName[:32]
 	}
+	t := pageTemplate(level, taskName)
+	return &generator{
+		size:      size,
+		width:     t.width,
+		template:  t.page,
+		numberAt:  t.numberAt,
+		page:      make([]byte, len(t.page)),
+		pageIndex: -1,
+	}
+}
+
+// template is the page of lines that a task's logs at a level are rendered
+// from. Templates are built once and shared: a request for a small log
+// would otherwise spend most of its time building one.
+type template struct {
+	page     []byte // read-only
+	width    int64
+	numberAt int
+}
+
+// maxTemplates bounds the templates kept, for tests that make up many task
+// names; a template past it is built for its request alone.
+const maxTemplates = 64
+
+var templates struct {
+	sync.Mutex
+	m map[[2]string]*template
+}
+
+func pageTemplate(level, taskName string) *template {
+	key := [2]string{level, taskName}
+	templates.Lock()
+	t := templates.m[key]
+	templates.Unlock()
+	if t != nil {
+		return t
+	}
 	prefix := fmt.Sprintf("[%-5s] %s line ", level, strings.ToValidUTF8(taskName, "?"))
 	phraseWidth := 0
 	for _, p := range phrases {
 		phraseWidth = max(phraseWidth, len(p))
 	}
 	width := len(prefix) + lineNumberDigits + 3 + phraseWidth + 1
-	template := make([]byte, 0, width*pageLines)
+	page := make([]byte, 0, width*pageLines)
 	for i := range pageLines {
 		line := prefix + strings.Repeat("0", lineNumberDigits) + " | " + phrases[i%len(phrases)]
 		line += strings.Repeat(" ", width-1-len(line)) + "\n"
-		template = append(template, line...)
+		page = append(page, line...)
 	}
-	return &generator{
-		size:      size,
-		width:     int64(width),
-		template:  template,
-		numberAt:  len(prefix),
-		page:      make([]byte, len(template)),
-		pageIndex: -1,
+	t = &template{page: page, width: int64(width), numberAt: len(prefix)}
+	templates.Lock()
+	defer templates.Unlock()
+	if templates.m == nil {
+		templates.m = make(map[[2]string]*template)
 	}
+	if len(templates.m) < maxTemplates {
+		templates.m[key] = t
+	}
+	return t
 }
 
 // render fills g.page with page number n.
