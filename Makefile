@@ -32,7 +32,7 @@ test:
 bench:
 	go run ./bench -runs 5
 	go run ./bench/memory
-	go test ./service/ ./upstream/ ./server/ -run '^$$' -bench . -benchmem -count 5
+	go test ./service/ ./upstream/ ./server/ ./client/ -run '^$$' -bench . -benchmem -count 5
 
 ## ci: what CI runs, from a clean clone
 ci:
