@@ -302,7 +302,7 @@ func startPaths(bin binaries, upstreamURL string, o options, conc int, profile s
 	}
 	dial := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	if o.clientCodec {
-		dial = append(dial, client.DialOption())
+		dial = append(dial, client.WithChunkCodec())
 	}
 	conn, err := grpc.NewClient(grpcFacade.GRPCAddr, dial...)
 	if err != nil {

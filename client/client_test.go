@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -64,7 +66,7 @@ func TestDownloadMatchesProtoCodec(t *testing.T) {
 	const size = 3<<20 + 12345
 	s := servertest.Start(t, 64<<10)
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size, FileName: "stage1.log", ContentType: "text/plain"})
-	withCodec := dial(t, s.GRPCAddr, client.DialOption())
+	withCodec := dial(t, s.GRPCAddr, client.WithChunkCodec())
 	plain := dial(t, s.GRPCAddr)
 	full := upstreamtest.Generate(size, "INFO", "stage1")
 
@@ -115,12 +117,117 @@ func TestDownloadMatchesProtoCodec(t *testing.T) {
 func TestOtherServicesUseProtoCodec(t *testing.T) {
 	t.Parallel()
 	s := servertest.Start(t, 0)
-	resp, err := healthpb.NewHealthClient(dial(t, s.GRPCAddr, client.DialOption())).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	resp, err := healthpb.NewHealthClient(dial(t, s.GRPCAddr, client.WithChunkCodec())).Check(context.Background(), &healthpb.HealthCheckRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health %v, want SERVING", resp.GetStatus())
+	}
+}
+
+// poisoningPool overwrites each buffer put back, as a reused buffer would
+// be.
+type poisoningPool struct{}
+
+func (poisoningPool) Get(n int) *[]byte {
+	b := make([]byte, n)
+	return &b
+}
+
+func (poisoningPool) Put(b *[]byte) {
+	for i := range *b {
+		(*b)[i] = 0xAA
+	}
+}
+
+// TestUnmarshalOwnsItsData decodes messages held in pooled buffers, in one
+// buffer and in several, frees the buffers as gRPC does once Unmarshal has
+// returned, and checks that the message is unchanged.
+func TestUnmarshalOwnsItsData(t *testing.T) {
+	t.Parallel()
+	want := &buildlogv1.DownloadTaskLogResponse{
+		Data:     bytes.Repeat([]byte("0123456789abcdef"), 20000/16),
+		Offset:   12345,
+		Metadata: &buildlogv1.LogMetadata{FileName: "a.log", TotalSize: proto.Int64(1 << 20)},
+	}
+	msg, err := proto.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec := codecOf(client.ChunkCodec())
+	for _, piece := range []int{len(msg), 16 << 10, 4096, 1} {
+		var data mem.BufferSlice
+		for rest := msg; len(rest) > 0; {
+			n := min(len(rest), piece)
+			b := poisoningPool{}.Get(n)
+			copy(*b, rest[:n])
+			data = append(data, mem.NewBuffer(b, poisoningPool{}))
+			rest = rest[n:]
+		}
+		got := &buildlogv1.DownloadTaskLogResponse{}
+		err := codec.Unmarshal(data, got)
+		data.Free()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(got, want) {
+			t.Errorf("%d-byte pieces: the message changed once its buffers were freed", piece)
+		}
+	}
+}
+
+// recordingServer serves one message of data per download and records
+// each call's content type.
+type recordingServer struct {
+	buildlogv1.UnimplementedBuildLogServiceServer
+	contentTypes chan string
+}
+
+func (s *recordingServer) DownloadTaskLog(_ *buildlogv1.DownloadTaskLogRequest, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	s.contentTypes <- strings.Join(md.Get("content-type"), ",")
+	return stream.Send(&buildlogv1.DownloadTaskLogResponse{Data: []byte("data"), Metadata: &buildlogv1.LogMetadata{}})
+}
+
+// TestOptionsInstallTheCodec tells by the content type whether a call used
+// the chunk codec.
+func TestOptionsInstallTheCodec(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	rec := &recordingServer{contentTypes: make(chan string, 1)}
+	buildlogv1.RegisterBuildLogServiceServer(srv, rec)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+
+	withCodec := dial(t, lis.Addr().String(), client.WithChunkCodec())
+	plain := dial(t, lis.Addr().String())
+	req := &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"}
+	for _, tt := range []struct {
+		name string
+		conn *grpc.ClientConn
+		opts []grpc.CallOption
+		want string
+	}{
+		{"WithChunkCodec", withCodec, nil, "application/grpc+proto"},
+		{"ChunkCodec", plain, []grpc.CallOption{client.ChunkCodec()}, "application/grpc+proto"},
+		{"no option", plain, nil, "application/grpc"},
+	} {
+		stream, err := buildlogv1.NewBuildLogServiceClient(tt.conn).DownloadTaskLog(context.Background(), req, tt.opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := stream.Recv()
+		if err != nil || string(msg.GetData()) != "data" {
+			t.Fatalf("%s: got %q, %v", tt.name, msg.GetData(), err)
+		}
+		if got := <-rec.contentTypes; got != tt.want {
+			t.Errorf("%s: content type %q, want %q", tt.name, got, tt.want)
+		}
 	}
 }
 
@@ -142,7 +249,7 @@ func BenchmarkUnmarshal(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		opt  grpc.CallOption
-	}{{"codec=proto", nil}, {"codec=client", client.CallOption()}} {
+	}{{"codec=proto", nil}, {"codec=client", client.ChunkCodec()}} {
 		b.Run(c.name, func(b *testing.B) {
 			codec := codecOf(c.opt)
 			b.SetBytes(int64(len(data)))

@@ -97,7 +97,7 @@ func processCPU() time.Duration {
 // clientWithCodec returns a client of s on a connection of its own, with
 // the codec of the client package.
 func clientWithCodec(b *testing.B, s *servertest.Stack) buildlogv1.BuildLogServiceClient {
-	conn, err := grpc.NewClient(s.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()), client.DialOption())
+	conn, err := grpc.NewClient(s.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()), client.WithChunkCodec())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -126,7 +126,7 @@ func download(ctx context.Context, args []string, env environment) error {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(tc), client.DialOption())
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(tc), client.WithChunkCodec())
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", f.addr, err)
 	}

@@ -41,15 +41,18 @@ func Decode(b, lent []byte, m any) error {
 // decodeChunk decodes a DownloadTaskLogResponse, b followed by lent,
 // with its data aliasing them. A non-nil lent must be exactly the data
 // field's bytes, with b ending in the field's tag and length, as the
-// service's codec writes it. It reports false, having changed nothing, for
-// input it does not handle: unknown fields, wrong wire types, a lent
-// elsewhere, or malformed input (which proto.Unmarshal then reports).
+// service's codec writes it. Fields it does not know, as from a newer
+// server, are kept as unknown fields, as proto.Unmarshal keeps them. It
+// reports false, having changed nothing, for input it does not handle: a
+// known field of the wrong wire type, metadata twice, a lent elsewhere, or
+// malformed input (which proto.Unmarshal then reports).
 func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 	var (
 		data     []byte
 		offset   int64
 		metadata []byte // the last metadata field; several are merged by proto.Unmarshal
 		mdCount  int
+		unknown  []byte
 	)
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -74,8 +77,15 @@ func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 		case num == 3 && typ == protowire.BytesType:
 			metadata, n = protowire.ConsumeBytes(b)
 			mdCount++
+		case num <= 3 || !num.IsValid():
+			return false // a known field of another wire type, or no field
 		default:
-			return false
+			// Kept as proto.Unmarshal keeps them: the tag re-encoded, then
+			// the value as it came.
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n >= 0 {
+				unknown = append(protowire.AppendTag(unknown, num, typ), b[:n]...)
+			}
 		}
 		if n < 0 || mdCount > 1 {
 			return false
@@ -97,5 +107,8 @@ func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 	}
 	proto.Reset(m)
 	m.Data, m.Offset, m.Metadata = data, offset, md
+	if unknown != nil {
+		m.ProtoReflect().SetUnknown(unknown)
+	}
 	return true
 }

@@ -44,7 +44,12 @@ func TestDecodeMatchesProto(t *testing.T) {
 		{name: "all fields", in: encode(withMetadata), aliases: true},
 		{name: "repeated data, last wins", in: protowire.AppendBytes(protowire.AppendTag(encode(withMetadata), 1, protowire.BytesType), []byte("second")), aliases: true},
 		{name: "metadata twice is merged", in: append(encode(withMetadata), encode(&buildlogv1.DownloadTaskLogResponse{Metadata: &buildlogv1.LogMetadata{FileName: "b.log"}})...)},
-		{name: "unknown field", in: protowire.AppendVarint(protowire.AppendTag(encode(withMetadata), 9, protowire.VarintType), 5)},
+		{name: "unknown field", in: protowire.AppendVarint(protowire.AppendTag(encode(withMetadata), 9, protowire.VarintType), 5), aliases: true},
+		{name: "unknown fields around data", in: append(protowire.AppendBytes(protowire.AppendTag(nil, 7, protowire.BytesType), []byte("new")), protowire.AppendFixed64(protowire.AppendTag(encode(withMetadata), 1000, protowire.Fixed64Type), 1)...), aliases: true},
+		{name: "unknown field before lent data", in: append(protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 5), lentLayout...), lent: len(data), aliases: true},
+		{name: "unknown group", in: protowire.AppendTag(protowire.AppendTag(encode(withMetadata), 8, protowire.StartGroupType), 8, protowire.EndGroupType), aliases: true},
+		{name: "stray end group", in: protowire.AppendTag(encode(withMetadata), 8, protowire.EndGroupType)},
+		{name: "known field, other wire type", in: protowire.AppendFixed32(protowire.AppendTag(encode(withMetadata), 2, protowire.Fixed32Type), 1)},
 		{name: "truncated", in: encode(withMetadata)[:10]},
 		{name: "bad metadata", in: protowire.AppendBytes(protowire.AppendTag(nil, 3, protowire.BytesType), []byte{0xff})},
 	}
