@@ -29,7 +29,9 @@
 // throughput, the ratio to the proxy's median, the relaying process's CPU
 // seconds per GiB relayed and its peak RSS (VmHWM), and this process's CPU
 // seconds per GiB (up+cli: the upstream's and the clients', as the paths
-// run one at a time).
+// run one at a time), and the TCP retransmission timeouts the machine
+// counted during the path's timed runs (RTOs: on loopback, packets the
+// kernel dropped).
 //
 // The latency table times -latency sequential requests per path and run
 // for a 1 KiB log over kept-alive connections (the gRPC client reuses its
@@ -175,8 +177,8 @@ func run() error {
 	fmt.Printf("%d timed runs per path and cell (after a warm-up run), medians; ratio = time / proxy's time; chunk size %s\n\n",
 		o.runs, chunk)
 	var latencies []latencyRow
-	fmt.Printf("%-8s %7s %5s %-6s %10s %10s %7s %9s %9s %12s\n",
-		"upstream", "size", "conc", "path", "median", "MiB/s", "ratio", "CPU s/GiB", "peak RSS", "up+cli s/GiB")
+	fmt.Printf("%-8s %7s %5s %-6s %10s %10s %7s %9s %9s %12s %5s\n",
+		"upstream", "size", "conc", "path", "median", "MiB/s", "ratio", "CPU s/GiB", "peak RSS", "up+cli s/GiB", "RTOs")
 	for _, kind := range o.upstreams {
 		rows, err := benchUpstream(kind, bin, o)
 		if err != nil {
@@ -232,9 +234,9 @@ func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
 					cpu = fmt.Sprintf("%.2f", r.cpu.Seconds()/gib)
 					rss = fmt.Sprintf("%.1f MiB", float64(r.peakRSS)/(1<<20))
 				}
-				fmt.Printf("%-8s %7s %5d %-6s %10s %10.0f %6.2fx %9s %9s %12.2f\n", kind, formatBytes(size), c, r.name,
+				fmt.Printf("%-8s %7s %5d %-6s %10s %10.0f %6.2fx %9s %9s %12.2f %5d\n", kind, formatBytes(size), c, r.name,
 					fmtDur(r.median), float64(size)*float64(c)/(1<<20)/r.median.Seconds(),
-					float64(r.median)/float64(base), cpu, rss, r.localCPU.Seconds()/gib)
+					float64(r.median)/float64(base), cpu, rss, r.localCPU.Seconds()/gib, r.rtos)
 			}
 		}
 	}

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -80,7 +83,11 @@ type result struct {
 	// localCPU is this process's over the timed runs: the upstream's and
 	// the clients', as the paths run one at a time.
 	localCPU time.Duration
-	peakRSS  int64
+	// rtos counts the machine's TCP retransmission timeouts during the
+	// timed runs: on loopback, each is a packet the kernel dropped and a
+	// download that stalled for at least 200 ms.
+	rtos    int64
+	peakRSS int64
 }
 
 // measureCell downloads the log of the given size conc times at once
@@ -105,7 +112,7 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 				// The collection work left by earlier paths is not this one's.
 				runtime.GC()
 			}
-			localBefore := selfCPU()
+			localBefore, rtosBefore := selfCPU(), tcpTimeouts()
 			start := time.Now()
 			errs := make([]error, conc)
 			var wg sync.WaitGroup
@@ -116,6 +123,7 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 			elapsed := time.Since(start)
 			if !check {
 				results[i].localCPU += selfCPU() - localBefore
+				results[i].rtos += tcpTimeouts() - rtosBefore
 			}
 			for _, err := range errs {
 				if err != nil {
@@ -149,6 +157,29 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// tcpTimeouts returns the machine's count of TCP retransmission timeouts
+// (TcpExt TCPTimeouts in /proc/net/netstat), or 0 where there is none.
+func tcpTimeouts() int64 {
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		return 0
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) != len(values) || len(names) == 0 || names[0] != "TcpExt:" {
+			continue
+		}
+		for j, name := range names {
+			if name == "TCPTimeouts" {
+				n, _ := strconv.ParseInt(values[j], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
 }
 
 // download fetches the log through p and checks its length, and its
