@@ -27,7 +27,7 @@
 // against the generated log); timed runs check lengths. The table shows
 // the median wall time of the cell's downloads, their aggregate
 // throughput, the ratio to the proxy's median, the relaying process's CPU
-// seconds per GiB relayed and its peak RSS (VmHWM), and this process's CPU
+// seconds per GiB relayed and its peak RSS (VmHWM), this process's CPU
 // seconds per GiB (up+cli: the upstream's and the clients', as the paths
 // run one at a time), and the TCP retransmission timeouts the machine
 // counted during the path's timed runs (RTOs: on loopback, packets the

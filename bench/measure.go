@@ -12,12 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc/metadata"
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/benchproc"
 	"github.com/buildlog/buildlog/service"
 )
 
@@ -112,7 +112,7 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 				// The collection work left by earlier paths is not this one's.
 				runtime.GC()
 			}
-			localBefore, rtosBefore := selfCPU(), tcpTimeouts()
+			localBefore, rtosBefore := benchproc.SelfCPU(), tcpTimeouts()
 			start := time.Now()
 			errs := make([]error, conc)
 			var wg sync.WaitGroup
@@ -122,7 +122,7 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 			wg.Wait()
 			elapsed := time.Since(start)
 			if !check {
-				results[i].localCPU += selfCPU() - localBefore
+				results[i].localCPU += benchproc.SelfCPU() - localBefore
 				results[i].rtos += tcpTimeouts() - rtosBefore
 			}
 			for _, err := range errs {
@@ -148,15 +148,6 @@ func measureCell(paths []path, size int64, conc, runs int) ([]result, error) {
 		results[i].median = median(times[i])
 	}
 	return results, nil
-}
-
-// selfCPU returns the CPU time this process has used.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // tcpTimeouts returns the machine's count of TCP retransmission timeouts

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"syscall"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/buildlog/buildlog/client"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/benchproc"
 	"github.com/buildlog/buildlog/server/servertest"
 	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
@@ -80,18 +79,10 @@ func BenchmarkSmallLog(b *testing.B) {
 // upstream's, the server's and the client's together. It varies less from
 // run to run than the wall time on a shared machine.
 func reportCPU(b *testing.B, size int64) func() {
-	start := processCPU()
+	start := benchproc.SelfCPU()
 	return func() {
-		b.ReportMetric((processCPU()-start).Seconds()/(float64(size)*float64(b.N)/(1<<30)), "cpu-s/GiB")
+		b.ReportMetric((benchproc.SelfCPU()-start).Seconds()/(float64(size)*float64(b.N)/(1<<30)), "cpu-s/GiB")
 	}
-}
-
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // clientWithCodec returns a client of s on a connection of its own, with
