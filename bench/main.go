@@ -260,7 +260,6 @@ func benchUpstream(kind string, bin binaries, o options) ([]latencyRow, error) {
 // for REST and one for gRPC. stop stops them. With a profile prefix, each
 // relay writes the CPU profile of its timed runs to prefix-PATH.pprof.
 func startPaths(bin binaries, upstreamURL string, o options, conc int, profile string) (paths []path, stop func(), err error) {
-	chunk := o.chunk
 	var stops []func()
 	stop = func() {
 		for _, f := range slices.Backward(stops) {
@@ -280,8 +279,8 @@ func startPaths(bin binaries, upstreamURL string, o options, conc int, profile s
 	}
 	startFacade := func(name string) (*child, error) {
 		args := []string{"--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off"}
-		if chunk > 0 {
-			args = append(args, "--chunk-size", strconv.FormatInt(chunk, 10))
+		if o.chunk > 0 {
+			args = append(args, "--chunk-size", strconv.FormatInt(o.chunk, 10))
 		}
 		c, err := startChild(bin.buildlogd, profileEnv(name), args...)
 		if err == nil {
@@ -311,7 +310,7 @@ func startPaths(bin binaries, upstreamURL string, o options, conc int, profile s
 		return nil, nil, err
 	}
 	stops = append(stops, func() { conn.Close() })
-	floorChunk := chunk
+	floorChunk := o.chunk
 	if floorChunk == 0 {
 		floorChunk = service.DefaultChunkSize
 	}
