@@ -35,7 +35,9 @@
 //
 // The latency table times -latency sequential requests per path and run
 // for a 1 KiB log over kept-alive connections (the gRPC client reuses its
-// connection, as real clients do), and reports p50 and p99.
+// connection, as real clients do), and reports p50, p99 and the relaying
+// process's CPU time per request, which varies less between runs than
+// latency on a shared machine.
 package main
 
 import (
@@ -189,10 +191,14 @@ func run() error {
 	if len(latencies) > 0 {
 		fmt.Printf("\nsmall-log latency: %s log, %d sequential requests per path per run, %d runs interleaved\n",
 			formatBytes(smallLog), o.latency, o.runs)
-		fmt.Printf("%-8s %-6s %10s %10s %9s %9s\n", "upstream", "path", "p50", "p99", "p50 ratio", "p99 ratio")
+		fmt.Printf("%-8s %-6s %10s %10s %9s %9s %10s\n", "upstream", "path", "p50", "p99", "p50 ratio", "p99 ratio", "CPU/req")
 		for _, r := range latencies {
-			fmt.Printf("%-8s %-6s %10s %10s %8.2fx %8.2fx\n", r.upstream, r.path, fmtDur(r.p50), fmtDur(r.p99),
-				float64(r.p50)/float64(r.proxyP50), float64(r.p99)/float64(r.proxyP99))
+			cpu := "-"
+			if r.cpu > 0 {
+				cpu = fmtDur(r.cpu)
+			}
+			fmt.Printf("%-8s %-6s %10s %10s %8.2fx %8.2fx %10s\n", r.upstream, r.path, fmtDur(r.p50), fmtDur(r.p99),
+				float64(r.p50)/float64(r.proxyP50), float64(r.p99)/float64(r.proxyP99), cpu)
 		}
 	}
 	return nil

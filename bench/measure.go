@@ -199,6 +199,9 @@ type latencyRow struct {
 	upstream, path     string
 	p50, p99           time.Duration
 	proxyP50, proxyP99 time.Duration
+	// cpu is the relaying process's CPU time per request; 0 for direct
+	// requests.
+	cpu time.Duration
 }
 
 // measureLatency times n sequential small-log requests per path and run,
@@ -208,6 +211,7 @@ func measureLatency(kind string, paths []path, n, runs int) ([]latencyRow, error
 	paths = slices.DeleteFunc(slices.Clone(paths), func(p path) bool { return p.synthetic })
 	want := digest(smallLog)
 	samples := make([][]time.Duration, len(paths))
+	cpu := make([]time.Duration, len(paths))
 	for _, p := range paths {
 		if err := download(p, smallLog, true, want); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, err)
@@ -227,6 +231,10 @@ func measureLatency(kind string, paths []path, n, runs int) ([]latencyRow, error
 	}()
 	for range runs {
 		for i, p := range paths {
+			var cpuBefore time.Duration
+			if p.server != nil {
+				cpuBefore = p.server.CPU()
+			}
 			for range n {
 				start := time.Now()
 				if err := download(p, smallLog, false, want); err != nil {
@@ -234,12 +242,16 @@ func measureLatency(kind string, paths []path, n, runs int) ([]latencyRow, error
 				}
 				samples[i] = append(samples[i], time.Since(start))
 			}
+			if p.server != nil {
+				cpu[i] += p.server.CPU() - cpuBefore
+			}
 		}
 	}
 	rows := make([]latencyRow, len(paths))
 	for i, p := range paths {
 		slices.Sort(samples[i])
-		rows[i] = latencyRow{upstream: kind, path: p.name, p50: quantile(samples[i], 0.50), p99: quantile(samples[i], 0.99)}
+		rows[i] = latencyRow{upstream: kind, path: p.name, p50: quantile(samples[i], 0.50), p99: quantile(samples[i], 0.99),
+			cpu: cpu[i] / time.Duration(len(samples[i]))}
 	}
 	for i := range rows {
 		rows[i].proxyP50, rows[i].proxyP99 = rows[1].p50, rows[1].p99

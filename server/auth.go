@@ -39,7 +39,7 @@ import (
 // the HTTP request (its TLS client certificate, its Authorization header)
 // and passes the result as a metadata value, callerMarkerKey = a random
 // secret made at start. The interceptor believes that value only on calls
-// the in-process server marked (their peer's AuthInfo is inprocAuthInfo,
+// the in-process server made (their peer's AuthInfo is inprocAuthInfo,
 // which no network connection can get: the in-process server listens on
 // none); grpc-gateway maps no HTTP header to that key, and a forged one
 // would still need the secret. On network connections the key means
@@ -173,19 +173,22 @@ func (f *tokenFile) contains(token string) bool {
 }
 
 // inprocAuthInfo is the peer AuthInfo of calls on the in-process server:
-// only markInproc gives it.
+// only inprocContext gives it.
 type inprocAuthInfo struct{ credentials.CommonAuthInfo }
 
 func (inprocAuthInfo) AuthType() string { return "inprocess" }
 
 // security is what Config's security settings add to the server.
 type security struct {
-	certs       *certFiles // nil without TLS
-	auth        *callerAuth
-	grpcOpts    []grpc.ServerOption
-	gatewayOpts []runtime.ServeMuxOption
-	upOpts      []upstream.Option
-	svcOpts     []service.Option
+	certs *certFiles // nil without TLS
+	auth  *callerAuth
+	// grpcOpts are the gRPC server's options, streamInterceptors the
+	// interceptors of every call, gRPC and REST.
+	grpcOpts           []grpc.ServerOption
+	streamInterceptors []grpc.StreamServerInterceptor
+	gatewayOpts        []runtime.ServeMuxOption
+	upOpts             []upstream.Option
+	svcOpts            []service.Option
 }
 
 // newSecurity checks cfg's security settings and builds what they need.
@@ -212,7 +215,7 @@ func newSecurity(cfg Config) (*security, error) {
 		return nil, err
 	}
 	if cfg.Credentials != nil {
-		s.grpcOpts = append(s.grpcOpts, grpc.ChainStreamInterceptor(s.auth.streamInterceptor))
+		s.streamInterceptors = append(s.streamInterceptors, s.auth.streamInterceptor)
 		s.gatewayOpts = append(s.gatewayOpts, runtime.WithMetadata(s.auth.restMetadata))
 		s.upOpts = append(s.upOpts, upstream.WithCredentials(cfg.Credentials))
 		s.svcOpts = append(s.svcOpts, service.WithServerCredentials())

@@ -65,21 +65,21 @@ func TestOnlyInProcessCallsAreMarked(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
 	seen := map[string]bool{} // server → the call looked in-process
-	record := func(name string) grpc.ServerOption {
-		return grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	record := func(name string) grpc.UnaryServerInterceptor {
+		return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			p, _ := peer.FromContext(ctx)
 			mu.Lock()
 			seen[name] = isInprocCall(ctx) && isInproc(p.AuthInfo)
 			mu.Unlock()
 			return h(ctx, req)
-		})
+		}
 	}
-	network := grpc.NewServer(record("network"))
-	inproc := newInprocServer([]grpc.ServerOption{record("inproc")})
-	for _, s := range []*grpc.Server{network, inproc} {
-		healthpb.RegisterHealthServer(s, health.NewServer())
-		defer s.Stop()
-	}
+	network := grpc.NewServer(grpc.ChainUnaryInterceptor(record("network")))
+	inproc := newInprocServer(callHooks{unary: []grpc.UnaryServerInterceptor{record("inproc")}})
+	healthpb.RegisterHealthServer(network, health.NewServer())
+	healthpb.RegisterHealthServer(inproc, health.NewServer())
+	defer network.Stop()
+	defer inproc.Stop()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

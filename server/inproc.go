@@ -1,21 +1,13 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/binary"
-	"errors"
+	"fmt"
 	"io"
-	"net/http"
-	"net/url"
-	"strconv"
-	"strings"
+	"runtime"
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/propagation"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -24,73 +16,147 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/buildlog/buildlog/gateway"
-	"github.com/buildlog/buildlog/internal/chunkwire"
 )
 
-// newInprocServer returns the gRPC server of the REST mirror's in-process
-// channel: built with opts, the public server's options, so REST calls pass
-// the same interceptors and stats handlers, and with markInproc first. A
-// server of its own, never listening on a network, because GracefulStop
-// ends ServeHTTP calls at once: the in-process server stops after the REST
-// server has drained.
-func newInprocServer(opts []grpc.ServerOption) *grpc.Server {
-	return grpc.NewServer(append([]grpc.ServerOption{
-		grpc.ChainStreamInterceptor(markInprocStream),
-		grpc.ChainUnaryInterceptor(markInprocUnary),
-	}, opts...)...)
+// callHooks are what every call passes through, whether it came over a
+// gRPC connection or from the REST mirror: the interceptors, in the order
+// they run, and the stats handlers.
+type callHooks struct {
+	stream []grpc.StreamServerInterceptor
+	unary  []grpc.UnaryServerInterceptor
+	stats  []stats.Handler
 }
 
-// markInprocStream and markInprocUnary give each call on the in-process
-// server a peer with inprocAuthInfo, which no network connection can have:
-// caller authentication trusts the REST mirror's marker only on such calls
+// serverOptions installs h on a grpc.Server.
+func (h callHooks) serverOptions() []grpc.ServerOption {
+	opts := []grpc.ServerOption{grpc.ChainStreamInterceptor(h.stream...), grpc.ChainUnaryInterceptor(h.unary...)}
+	for _, sh := range h.stats {
+		opts = append(opts, grpc.StatsHandler(sh))
+	}
+	return opts
+}
+
+// inprocServer serves the REST mirror's calls in this process. The
+// services registered on it are called directly, on a goroutine of the
+// call, through the same hooks as the public gRPC server's: no transport,
+// no encoding, and no copy of the messages (see inprocChannel).
+type inprocServer struct {
+	methods map[string]inprocMethod // by full method name
+	hooks   callHooks
+	// serving is cancelled by Stop; every call's server context derives
+	// from it.
+	serving context.Context
+	stop    context.CancelFunc
+	// calls hands a call's server side to an idle worker (see work).
+	calls chan func()
+}
+
+// inprocMethod is a registered method: a unary one's handler, or a
+// streaming one's description.
+type inprocMethod struct {
+	impl   any
+	unary  grpc.MethodHandler
+	stream *grpc.StreamDesc
+}
+
+var _ grpc.ServiceRegistrar = (*inprocServer)(nil)
+
+func newInprocServer(hooks callHooks) *inprocServer {
+	serving, stop := context.WithCancel(context.Background())
+	s := &inprocServer{methods: map[string]inprocMethod{}, hooks: hooks, serving: serving, stop: stop, calls: make(chan func())}
+	for range streamWorkers() {
+		go s.work()
+	}
+	return s
+}
+
+// streamWorkers is how many goroutines of each server wait for calls to
+// serve, this server's and the gRPC server's (grpc.NumStreamWorkers): a
+// call's handler runs deep (interceptors, the service, an HTTP client), and
+// growing a new goroutine's stack to that depth, copying it at each step,
+// cost about a tenth of a small log's CPU. Calls beyond them get a new
+// goroutine.
+func streamWorkers() int { return 4 * runtime.GOMAXPROCS(0) }
+
+// workerResetThreshold is how many calls a worker serves before a new
+// goroutine takes its place, so that a stack once grown large for one call
+// is not kept for ever (as grpc-go's stream workers do).
+const workerResetThreshold = 1 << 16
+
+// work serves calls until the server stops.
+func (s *inprocServer) work() {
+	for range workerResetThreshold {
+		select {
+		case f := <-s.calls:
+			f()
+		case <-s.serving.Done():
+			return
+		}
+	}
+	go s.work()
+}
+
+// run runs f, the server side of a call, on an idle worker, or on a new
+// goroutine when there is none.
+func (s *inprocServer) run(f func()) {
+	select {
+	case s.calls <- f:
+	default:
+		go f()
+	}
+}
+
+// RegisterService implements grpc.ServiceRegistrar.
+func (s *inprocServer) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	for i := range desc.Methods {
+		m := &desc.Methods[i]
+		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = inprocMethod{impl: impl, unary: m.Handler}
+	}
+	for i := range desc.Streams {
+		d := &desc.Streams[i]
+		s.methods["/"+desc.ServiceName+"/"+d.StreamName] = inprocMethod{impl: impl, stream: d}
+	}
+}
+
+// Stop cancels the calls in flight and refuses new ones with UNAVAILABLE.
+func (s *inprocServer) Stop() { s.stop() }
+
+// serveStream runs a streaming call through the stream interceptors to its
+// handler.
+func (s *inprocServer) serveStream(ss *inprocServerStream, m inprocMethod) error {
+	info := &grpc.StreamServerInfo{FullMethod: ss.call.method, IsClientStream: m.stream.ClientStreams, IsServerStream: m.stream.ServerStreams}
+	handler := m.stream.Handler
+	for i := len(s.hooks.stream) - 1; i >= 0; i-- {
+		interceptor, next := s.hooks.stream[i], handler
+		handler = func(srv any, ss grpc.ServerStream) error { return interceptor(srv, ss, info, next) }
+	}
+	return handler(m.impl, ss)
+}
+
+// serveUnary runs a unary call through the unary interceptors to its
+// handler, which decodes its request with dec.
+func (s *inprocServer) serveUnary(ctx context.Context, method string, m inprocMethod, dec func(any) error) (any, error) {
+	var interceptor grpc.UnaryServerInterceptor
+	if len(s.hooks.unary) > 0 {
+		info := &grpc.UnaryServerInfo{Server: m.impl, FullMethod: method}
+		interceptor = func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			for i := len(s.hooks.unary) - 1; i >= 0; i-- {
+				interceptor, next := s.hooks.unary[i], handler
+				handler = func(ctx context.Context, req any) (any, error) { return interceptor(ctx, req, info, next) }
+			}
+			return handler(ctx, req)
+		}
+	}
+	return m.unary(m.impl, ctx, dec, interceptor)
+}
+
+// inprocContext gives ctx the peer of in-process calls, with
+// inprocAuthInfo, which no network connection can have: caller
+// authentication trusts the REST mirror's marker only on such calls
 // (auth.go), and metrics and logs tell REST calls by it (callPath).
-func markInprocStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if e, ok := ss.Context().Value(callEndKey{}).(*callEnd); ok && e.enter() {
-		defer e.close()
-	}
-	return handler(srv, &markedStream{ServerStream: ss, ctx: inprocContext(ss.Context())})
-}
-
-// callEnd tells when an in-process call has ended: its handler has returned
-// (and with it released whatever it held, such as a download slot), or the
-// call was over without reaching it. ServeHTTP can return before the
-// handler does, when the call is cancelled.
-type callEnd struct {
-	mu      sync.Mutex
-	entered bool // the handler was called
-	over    bool // ServeHTTP has returned
-	ended   chan struct{}
-}
-
-type callEndKey struct{}
-
-// enter records that the handler runs, unless the call is already over.
-func (e *callEnd) enter() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.entered = !e.over
-	return e.entered
-}
-
-// serveReturned records that ServeHTTP has returned; a call whose handler
-// never ran ends there.
-func (e *callEnd) serveReturned() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.over = true
-	if !e.entered {
-		close(e.ended)
-	}
-}
-
-func (e *callEnd) close() { close(e.ended) }
-
-func markInprocUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	return handler(inprocContext(ctx), req)
-}
-
 func inprocContext(ctx context.Context) context.Context {
 	return peer.NewContext(ctx, &peer.Peer{
 		Addr:     inprocAddr{},
@@ -115,27 +181,21 @@ type inprocAddr struct{}
 func (inprocAddr) Network() string { return "inprocess" }
 func (inprocAddr) String() string  { return "buildlog-rest-mirror" }
 
-// inprocMaxMessage bounds a response message on the in-process channel, as
-// gRPC clients bound received messages by default (4 MiB).
-const inprocMaxMessage = 4 << 20
-
 // inprocChannel is the REST mirror's connection to the service: a
-// grpc.ClientConnInterface that runs each call through
-// grpc.Server.ServeHTTP in this process, so REST calls pass the gRPC
-// server's interceptors and stats handlers as gRPC calls do, without HTTP/2
-// framing, flow control or a second copy of the log.
+// grpc.ClientConnInterface whose calls run on an inprocServer in this
+// process, so REST calls pass the interceptors and stats handlers gRPC calls
+// do, without a transport between them.
 //
-// Each response message is copied once, into a buffer of the call that the
-// server refills only after the caller's next RecvMsg, and decoded with its
-// data aliasing that buffer: the bytes stay valid while the REST mirror
-// writes them, even if the call is cancelled meanwhile, and a slow REST
-// reader holds the service to a few chunks. The caller must not keep a
-// message's bytes past its next RecvMsg, which grpc-gateway's streaming
-// forwarder never does.
-// (grpc.Server.ServeHTTP is marked experimental in grpc-go; it has kept its
-// shape since 2016.)
+// Messages are handed over, not copied: the server's SendMsg waits until
+// the caller's next RecvMsg, when the caller is done with the message, so
+// the service may reuse its memory only after that, and a slow REST reader
+// holds the service to the message it is writing. A caller that is a REST
+// request (see gateway.CallDone) may not keep a message's bytes past its
+// next RecvMsg, which grpc-gateway's streaming forwarder never does; SendMsg
+// also returns once the request is over, for a caller may leave without a
+// last RecvMsg. Any other caller gets a copy of each message.
 type inprocChannel struct {
-	server http.Handler // a *grpc.Server
+	server *inprocServer
 	// stats, when set, is told of each call as a gRPC client's stats
 	// handler is (begin, end), so the REST call's trace continues into the
 	// service as it would over a connection with grpc.WithStatsHandler.
@@ -144,40 +204,45 @@ type inprocChannel struct {
 
 var _ grpc.ClientConnInterface = (*inprocChannel)(nil)
 
-// Invoke implements grpc.ClientConnInterface, for unary methods.
-func (c *inprocChannel) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	cs, err := c.NewStream(ctx, &grpc.StreamDesc{}, method, opts...)
-	if err != nil {
-		return err
-	}
-	s := cs.(*inprocStream)
-	err = s.SendMsg(args)
-	if err == nil {
-		err = s.CloseSend()
-	}
-	if err == nil {
-		err = s.RecvMsg(reply)
-	}
-	if err == nil {
-		switch err = s.RecvMsg(reply); err {
-		case io.EOF:
-			return nil
-		case nil:
-			err = status.Error(codes.Internal, "unary call answered with more than one message")
-		}
-	}
-	if s.err == nil {
-		s.fail(err) // release the server side and end the call's stats
-	}
-	return err
+// inprocCall is one call on the channel, shared by its two sides.
+type inprocCall struct {
+	method string
+	desc   *grpc.StreamDesc
+	ctx    context.Context    // the server's
+	cancel context.CancelFunc // cancels ctx
+	// requests are the request messages: the client's copies, sent before
+	// the call starts.
+	requests []proto.Message
+	// callerDone is closed when the REST request the call serves is over;
+	// nil when the caller is not a REST request.
+	callerDone <-chan struct{}
+
+	headerOnce  sync.Once
+	headerReady chan struct{} // closed once header is final
+	header      metadata.MD
+
+	// msgs carries each response message from SendMsg to RecvMsg; returned
+	// gives a lent message back (see inprocChannel).
+	msgs     chan proto.Message
+	returned chan struct{}
+
+	stream *inprocServerStream // the server's side
+
+	ended   chan struct{} // closed once the handler has returned
+	trailer metadata.MD   // set before ended is closed
+	result  error         // io.EOF for OK; set before ended is closed
 }
 
-// NewStream implements grpc.ClientConnInterface. Call options are ignored:
-// the REST mirror passes none. The call starts at CloseSend (or the first
-// Header or RecvMsg) with the request messages sent so far: the channel
-// serves unary and server-streaming methods, whose request is one message,
-// and saves a goroutine handoff per call that way.
-func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+// sendHeader makes the response header final, once.
+func (c *inprocCall) sendHeader() {
+	c.headerOnce.Do(func() { close(c.headerReady) })
+}
+
+// start prepares a call of method: the server's context, which carries
+// the caller's cancellation and deadline and its outgoing metadata as
+// incoming, but none of its values, as over a network. report, when not
+// nil, receives the client's end of the call.
+func (c *inprocChannel) start(ctx context.Context, method string, desc *grpc.StreamDesc) (*inprocCall, func(error), error) {
 	end := func(error) {}
 	if c.stats != nil {
 		ctx = c.stats.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: method})
@@ -193,111 +258,167 @@ func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, me
 			})
 		}
 	}
-	header := http.Header{"Content-Type": {"application/grpc"}}
-	if deadline, ok := ctx.Deadline(); ok {
-		timeout := time.Until(deadline)
-		if timeout <= 0 {
-			err := status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
-			end(err)
-			return nil, err
-		}
-		header.Set("Grpc-Timeout", encodeTimeout(timeout))
+	fail := func(err error) (*inprocCall, func(error), error) {
+		end(err)
+		return nil, nil, err
+	}
+	if c.server.serving.Err() != nil {
+		return fail(status.Error(codes.Unavailable, "the service is not serving"))
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(status.FromContextError(err).Err())
+	}
+	md, _ := metadata.FromOutgoingContext(ctx) // a copy
+	if md == nil {
+		md = metadata.MD{}
 	}
 	if c.stats == nil {
 		// With no stats handler to carry the trace context, as tracing's
 		// does, the channel passes on the caller's itself.
-		propagator.Inject(ctx, propagation.HeaderCarrier(header))
+		propagator.Inject(ctx, metadataCarrier(md))
 	}
-	md, _ := metadata.FromOutgoingContext(ctx)
-	for k, vs := range md {
-		for _, v := range vs {
-			if strings.HasSuffix(k, "-bin") {
-				v = base64.RawStdEncoding.EncodeToString([]byte(v))
-			}
-			header.Add(k, v)
+
+	srvCtx, cancel := context.WithCancel(c.server.serving)
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancelDeadline context.CancelFunc
+		srvCtx, cancelDeadline = context.WithDeadline(srvCtx, deadline)
+		cancelServing := cancel
+		cancel = func() { cancelDeadline(); cancelServing() }
+	}
+	// A caller that goes away without a last RecvMsg ends the call too.
+	stopAfter := context.AfterFunc(ctx, func() {
+		cancel()
+		end(status.FromContextError(ctx.Err()).Err())
+	})
+	call := &inprocCall{
+		method: method,
+		desc:   desc,
+		cancel: func() {
+			stopAfter()
+			cancel()
+		},
+		callerDone:  gateway.CallDone(ctx),
+		headerReady: make(chan struct{}),
+		header:      metadata.MD{},
+		msgs:        make(chan proto.Message),
+		returned:    make(chan struct{}, 1),
+		ended:       make(chan struct{}),
+		trailer:     metadata.MD{},
+	}
+	gateway.TrackCall(ctx, call.ended)
+	call.stream = &inprocServerStream{call: call}
+	call.ctx = grpc.NewContextWithServerTransportStream(inprocContext(metadata.NewIncomingContext(srvCtx, md)), transportStream{call.stream})
+	return call, end, nil
+}
+
+// serve runs the server's side of call, then records its result.
+func (c *inprocChannel) serve(call *inprocCall, run func(ctx context.Context) error) {
+	defer close(call.ended)
+	defer call.cancel()
+	ctx := call.ctx
+	hooks := c.server.hooks.stats
+	begin := time.Now()
+	for _, h := range hooks {
+		ctx = h.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: call.method})
+		h.HandleRPC(ctx, &stats.Begin{BeginTime: begin, IsClientStream: call.desc.ClientStreams, IsServerStream: call.desc.ServerStreams})
+	}
+	call.stream.ctx = ctx
+	err := run(ctx)
+	if _, ok := status.FromError(err); !ok {
+		// As grpc-go does: a context's error keeps its code, any other
+		// error is UNKNOWN.
+		err = status.FromContextError(err).Err()
+	}
+	for _, h := range hooks {
+		h.HandleRPC(ctx, &stats.End{BeginTime: begin, EndTime: time.Now(), Error: err})
+	}
+	call.result = err
+	if err == nil {
+		call.result = io.EOF
+	}
+	call.sendHeader()
+}
+
+// Invoke implements grpc.ClientConnInterface, for unary methods. It runs
+// the call on the caller's goroutine.
+func (c *inprocChannel) Invoke(ctx context.Context, method string, args, reply any, _ ...grpc.CallOption) error {
+	call, end, err := c.start(ctx, method, &grpc.StreamDesc{})
+	if err != nil {
+		return err
+	}
+	m, ok := c.server.methods[method]
+	req, isProto := args.(proto.Message)
+	var resp any
+	c.serve(call, func(ctx context.Context) error {
+		switch {
+		case !ok || m.unary == nil:
+			return status.Errorf(codes.Unimplemented, "unknown method %s", method)
+		case !isProto:
+			return status.Errorf(codes.Internal, "in-process call: %T is not a proto message", args)
+		}
+		dec := func(into any) error { return moveMessage(into, proto.Clone(req)) }
+		var err error
+		resp, err = c.server.serveUnary(ctx, method, m, dec)
+		return err
+	})
+	err = call.result
+	if err == io.EOF {
+		if msg, ok := resp.(proto.Message); ok {
+			err = moveMessage(reply, msg)
+		} else {
+			err = status.Errorf(codes.Internal, "in-process call: the handler answered %T", resp)
 		}
 	}
+	end(err)
+	return err
+}
 
-	// The server's context carries the caller's cancellation but none of
-	// its values, as over a network, only the call's callEnd.
-	callEnd := &callEnd{ended: make(chan struct{})}
-	srvCtx, cancel := context.WithCancel(context.WithValue(context.Background(), callEndKey{}, callEnd))
-	req := (&http.Request{
-		Method:     http.MethodPost,
-		URL:        &url.URL{Path: method},
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     header,
-		Host:       "buildlog-inprocess",
-	}).WithContext(srvCtx)
-
-	s := &inprocStream{
-		ctx:    ctx,
-		cancel: cancel,
-		end:    end,
-		resp: &inprocResponse{
-			header:      http.Header{},
-			headerReady: make(chan struct{}),
-			msgs:        make(chan inprocMessage, 1),
-			free:        make(chan []byte, 1),
-			returned:    make(chan struct{}, 1),
-			callerDone:  gateway.CallDone(ctx),
-			gone:        srvCtx.Done(),
-			stop:        cancel,
-		},
-		finished: make(chan struct{}),
+// NewStream implements grpc.ClientConnInterface. Call options are ignored:
+// the REST mirror passes none. The call starts at CloseSend (or the first
+// Header or RecvMsg) with the request messages sent so far: the channel
+// serves server-streaming methods, whose request is one message.
+func (c *inprocChannel) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	call, end, err := c.start(ctx, method, desc)
+	if err != nil {
+		return nil, err
 	}
-	s.resp.free <- nil // the call's message buffer, grown on first use
-	s.start = func() {
-		req.Body = io.NopCloser(bytes.NewReader(s.request))
-		gateway.TrackCall(ctx, callEnd.ended)
-		// A caller that goes away without a last RecvMsg ends the call too.
-		stopAfter := context.AfterFunc(ctx, func() {
-			cancel()
-			end(status.FromContextError(ctx.Err()).Err())
-		})
-		go func() {
-			defer close(s.finished)
-			defer cancel()
-			defer stopAfter()
-			c.server.ServeHTTP(s.resp, req)
-			callEnd.serveReturned()
-			s.resp.sendHeader()
-		}()
-	}
-	return s, nil
+	return &inprocStream{ctx: ctx, call: call, end: end, channel: c}, nil
 }
 
 // inprocStream is the client side of one in-process call.
 type inprocStream struct {
-	ctx      context.Context
-	cancel   context.CancelFunc // the server's context
-	request  []byte             // the framed request messages
-	start    func()             // starts the call, once: see started
-	started  bool
-	end      func(error) // reports the end of the call to the stats handler, once
-	resp     *inprocResponse
-	finished chan struct{} // closed when ServeHTTP has returned
-	held     []byte        // the buffer of the message last received
-	holding  bool          // held is the caller's until its next RecvMsg
-	lent     bool          // so is the lent data of that message
-	err      error         // the final result of RecvMsg, once known
+	ctx     context.Context
+	call    *inprocCall
+	channel *inprocChannel
+	started bool
+	end     func(error) // reports the end of the call to the stats handler, once
+	lent    bool        // the last message received is lent until the next RecvMsg
+	err     error       // the final result of RecvMsg, once known
 }
 
-// begin starts the call if CloseSend has not.
+// begin starts the server's side of the call, once.
 func (s *inprocStream) begin() {
-	if !s.started {
-		s.started = true
-		s.start()
+	if s.started {
+		return
 	}
+	s.started = true
+	s.channel.server.run(func() {
+		s.channel.serve(s.call, func(ctx context.Context) error {
+			m, ok := s.channel.server.methods[s.call.method]
+			if !ok || m.stream == nil {
+				return status.Errorf(codes.Unimplemented, "unknown method %s", s.call.method)
+			}
+			return s.channel.server.serveStream(s.call.stream, m)
+		})
+	})
 }
 
-// Header implements grpc.ClientStream: it waits for the response headers.
+// Header implements grpc.ClientStream: it waits for the response header.
 func (s *inprocStream) Header() (metadata.MD, error) {
 	s.begin()
 	select {
-	case <-s.resp.headerReady:
-		return s.resp.sentHeader, nil
+	case <-s.call.headerReady:
+		return s.call.header, nil
 	case <-s.ctx.Done():
 		return nil, status.FromContextError(s.ctx.Err()).Err()
 	}
@@ -307,17 +428,11 @@ func (s *inprocStream) Header() (metadata.MD, error) {
 // returned an error or io.EOF.
 func (s *inprocStream) Trailer() metadata.MD {
 	select {
-	case <-s.finished:
+	case <-s.call.ended:
+		return s.call.trailer
 	default:
 		return nil
 	}
-	md := metadata.MD{}
-	for k, vs := range s.resp.header {
-		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			addMetadata(md, name, vs)
-		}
-	}
-	return md
 }
 
 // CloseSend implements grpc.ClientStream: it starts the call.
@@ -329,293 +444,178 @@ func (s *inprocStream) CloseSend() error {
 // Context implements grpc.ClientStream.
 func (s *inprocStream) Context() context.Context { return s.ctx }
 
-// SendMsg implements grpc.ClientStream.
+// SendMsg implements grpc.ClientStream: it keeps a copy of m for the
+// server.
 func (s *inprocStream) SendMsg(m any) error {
 	msg, ok := m.(proto.Message)
 	if !ok {
-		return s.fail(status.Errorf(codes.Internal, "in-process call: cannot encode %T", m))
-	}
-	b, err := proto.Marshal(msg)
-	if err != nil {
-		return s.fail(status.Errorf(codes.Internal, "in-process call: encode request: %v", err))
+		return s.fail(status.Errorf(codes.Internal, "in-process call: %T is not a proto message", m))
 	}
 	if s.started {
 		return s.fail(status.Error(codes.Internal, "in-process call: a request message after CloseSend"))
 	}
-	s.request = binary.BigEndian.AppendUint32(append(s.request, 0), uint32(len(b)))
-	s.request = append(s.request, b...)
+	s.call.requests = append(s.call.requests, proto.Clone(msg))
 	return nil
 }
 
-// RecvMsg implements grpc.ClientStream. It releases the previous message's
-// bytes to the server, then waits for the next message or the end of the
-// call.
+// RecvMsg implements grpc.ClientStream. It gives the previous message back
+// to the server, then waits for the next message or the end of the call.
 func (s *inprocStream) RecvMsg(m any) error {
 	if s.err != nil {
 		return s.err
 	}
 	s.begin()
-	if s.holding {
-		// The buffer goes back to the server for the next message. free is
-		// empty while the caller holds the only buffer, so this never blocks.
-		s.holding = false
-		s.resp.free <- s.held
-	}
 	if s.lent {
-		// So do lent bytes; returned is empty while they are lent.
+		// returned is empty while a message is lent: this never blocks.
 		s.lent = false
-		s.resp.returned <- struct{}{}
+		s.call.returned <- struct{}{}
+	}
+	if err := s.ctx.Err(); err != nil {
+		// The caller has gone: no message it might still take counts.
+		return s.fail(status.FromContextError(err).Err())
 	}
 	select {
-	case b := <-s.resp.msgs:
-		return s.receive(b, m)
-	case <-s.finished:
-		// A last message may still wait, sent before ServeHTTP returned.
-		select {
-		case b := <-s.resp.msgs:
-			return s.receive(b, m)
-		default:
-			return s.fail(s.resp.result())
+	case msg := <-s.call.msgs:
+		if err := moveMessage(m, msg); err != nil {
+			// Not lent: the server waits for returned only after a move.
+			return s.fail(status.Errorf(codes.Internal, "in-process call: %v", err))
 		}
+		s.lent = s.call.callerDone != nil
+		return nil
+	case <-s.call.ended:
+		return s.fail(s.call.result)
 	case <-s.ctx.Done():
 		return s.fail(status.FromContextError(s.ctx.Err()).Err())
 	}
 }
 
-// receive decodes message msg, which the caller holds until its next
-// RecvMsg.
-func (s *inprocStream) receive(msg inprocMessage, m any) error {
-	s.held, s.holding = msg.head, true
-	s.lent = msg.lent != nil
-	if err := chunkwire.Decode(msg.head, msg.lent, m); err != nil {
-		return s.fail(status.Errorf(codes.Internal, "in-process call: decode response: %v", err))
-	}
-	return nil
-}
-
 // fail records the call's outcome and releases the server side.
 func (s *inprocStream) fail(err error) error {
 	s.err = err
-	s.cancel()
+	if !s.started {
+		// The call ends without its server side having run.
+		s.started = true
+		s.call.result = err
+		close(s.call.ended)
+	}
+	s.call.cancel()
 	s.end(err)
 	return err
 }
 
-// inprocResponse is the http.ResponseWriter the gRPC server answers one
-// in-process call on. Its methods run on the ServeHTTP goroutine; they
-// parse the gRPC message framing and hand each message to RecvMsg.
-type inprocResponse struct {
-	header      http.Header // the server's; read by the client after ServeHTTP returns
-	headerOnce  sync.Once
-	headerReady chan struct{} // closed once sentHeader is set
-	sentHeader  metadata.MD
-
-	// One buffer per call carries the messages: the server copies a message
-	// into it, sends it on msgs, and takes it back from free for the next
-	// one, which RecvMsg puts there once the caller is done with it. Both
-	// channels hold one; the buffer is in exactly one place at a time.
-	msgs chan inprocMessage
-	free chan []byte
-	gone <-chan struct{}
-	stop func() // cancels the call, after a failed Write
-
-	// A message's data written apart from the rest of it, as the service's
-	// codec does, is not copied but lent to the caller when the caller is
-	// a REST request, which says when it is over (callerDone, see
-	// gateway.CallDone): Write waits until RecvMsg gives it back (returned)
-	// or the request is over, for once Write returns, gRPC gives the bytes
-	// back to the service. A caller that went away may still be writing
-	// them, so its cancellation is not enough.
-	returned   chan struct{}
-	callerDone <-chan struct{}
-
-	prefix  [5]byte // the current message's length prefix
-	nprefix int     // bytes of prefix received
-	want    int     // the current message's length
-	msg     []byte  // the call's buffer while it gathers the current message
-	err     error   // why the last Write failed: every later one fails too
+// inprocServerStream is the server side of one in-process call.
+type inprocServerStream struct {
+	call     *inprocCall
+	ctx      context.Context
+	received int // request messages received
 }
 
-func (w *inprocResponse) Header() http.Header { return w.header }
+var _ grpc.ServerStream = (*inprocServerStream)(nil)
 
-func (w *inprocResponse) WriteHeader(int) { w.sendHeader() }
+func (ss *inprocServerStream) Context() context.Context { return ss.ctx }
 
-func (w *inprocResponse) Flush() { w.sendHeader() }
+var errHeaderSent = status.Error(codes.Internal, "in-process call: the header was already sent")
 
-// sendHeader publishes the response headers, once.
-func (w *inprocResponse) sendHeader() {
-	w.headerOnce.Do(func() {
-		md := metadata.MD{}
-		for k, vs := range w.header {
-			switch strings.ToLower(k) {
-			case "content-type", "trailer", "grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-encoding":
-				continue
-			}
-			addMetadata(md, k, vs)
-		}
-		w.sentHeader = md
-		close(w.headerReady)
-	})
-}
-
-var errInprocGone = errors.New("in-process call: the client is gone")
-
-// Write receives the length-prefixed messages of the response and hands
-// each one to RecvMsg. A message may come in several writes (gRPC writes
-// its prefix, and the service's codec the data apart from the other
-// fields): each is copied into the call's buffer as it comes.
-func (w *inprocResponse) Write(p []byte) (int, error) {
-	w.sendHeader()
-	if w.err != nil {
-		// gRPC goes on writing a message's remaining parts after a failed
-		// one; they must not be taken for a message of their own.
-		return 0, w.err
-	}
-	n := len(p)
-	for len(p) > 0 {
-		if w.nprefix < len(w.prefix) {
-			k := copy(w.prefix[w.nprefix:], p)
-			w.nprefix += k
-			p = p[k:]
-			if w.nprefix < len(w.prefix) {
-				break
-			}
-			if w.prefix[0] != 0 {
-				return 0, w.fail(errors.New("in-process call: compressed message"))
-			}
-			size := binary.BigEndian.Uint32(w.prefix[1:])
-			if size > inprocMaxMessage {
-				return 0, w.fail(errors.New("in-process call: message too large"))
-			}
-			w.want = int(size)
-			if w.err = w.begin(); w.err != nil {
-				return 0, w.err
-			}
-		} else if rest := w.want - len(w.msg); len(p) == rest && rest >= minLentData && w.callerDone != nil {
-			w.lend(p)
-			break
-		} else {
-			k := min(len(p), rest)
-			w.msg = append(w.msg, p[:k]...)
-			p = p[k:]
-		}
-		if len(w.msg) == w.want {
-			w.deliver()
-		}
-	}
-	return n, nil
-}
-
-// fail makes this and every later Write fail with err, and cancels the
-// call: the response cannot be delivered whole.
-func (w *inprocResponse) fail(err error) error {
-	w.err = err
-	w.stop()
-	return err
-}
-
-// begin waits until the caller has given back the call's buffer (it holds
-// the previous message until its next RecvMsg) and starts gathering the
-// next message into it. If the caller goes away meanwhile, the buffer stays
-// with it: bytes it may still be writing are never overwritten.
-func (w *inprocResponse) begin() error {
+// SetHeader implements grpc.ServerStream.
+func (ss *inprocServerStream) SetHeader(md metadata.MD) error {
 	select {
-	case buf := <-w.free:
-		// Grown as bytes are copied in: a message whose data is lent only
-		// copies its first few bytes.
-		w.msg = buf[:0]
-		return nil
-	case <-w.gone:
-		return errInprocGone
+	case <-ss.call.headerReady:
+		return errHeaderSent
+	default:
+	}
+	for k, vs := range md {
+		ss.call.header.Append(k, vs...)
+	}
+	return nil
+}
+
+// SendHeader implements grpc.ServerStream.
+func (ss *inprocServerStream) SendHeader(md metadata.MD) error {
+	if err := ss.SetHeader(md); err != nil {
+		return err
+	}
+	ss.call.sendHeader()
+	return nil
+}
+
+// SetTrailer implements grpc.ServerStream.
+func (ss *inprocServerStream) SetTrailer(md metadata.MD) {
+	for k, vs := range md {
+		ss.call.trailer.Append(k, vs...)
 	}
 }
 
-// deliver hands the gathered message to RecvMsg and expects the next
-// message's prefix.
-func (w *inprocResponse) deliver() {
-	w.msgs <- inprocMessage{head: w.msg} // never blocks: msgs is empty while the buffer was here
-	w.nprefix, w.want, w.msg = 0, 0, nil
-}
-
-// lend hands RecvMsg the gathered start of a message and data, the rest of
-// it, without copying data, and waits until the caller gives data back or
-// its request is over.
-func (w *inprocResponse) lend(data []byte) {
-	w.msgs <- inprocMessage{head: w.msg, lent: data}
-	w.nprefix, w.want, w.msg = 0, 0, nil
+// SendMsg implements grpc.ServerStream: it hands m to the caller's
+// RecvMsg and, when the caller is a REST request, waits until the caller
+// is done with it (see inprocChannel).
+func (ss *inprocServerStream) SendMsg(m any) error {
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "in-process call: %T is not a proto message", m)
+	}
+	ss.call.sendHeader()
+	lend := ss.call.callerDone != nil
+	if !lend {
+		msg = proto.Clone(msg)
+	}
 	select {
-	case <-w.returned:
-	case <-w.callerDone:
+	case ss.call.msgs <- msg:
+	case <-ss.ctx.Done():
+		return status.FromContextError(ss.ctx.Err()).Err()
 	}
+	if lend {
+		select {
+		case <-ss.call.returned:
+		case <-ss.call.callerDone:
+		}
+	}
+	return nil
 }
 
-// minLentData is the smallest data lent rather than copied (see
-// service.ServerOption, which lends the same sizes).
-const minLentData = 4 << 10
-
-// inprocMessage is a response message: head, in the call's buffer, and,
-// when the data was lent, the rest of the message.
-type inprocMessage struct{ head, lent []byte }
-
-// result is the call's status from the trailers, once ServeHTTP returned:
-// io.EOF for OK.
-func (w *inprocResponse) result() error {
-	if w.err != nil && w.err != errInprocGone {
-		// The rest of the response was dropped: never report it as OK.
-		return status.Errorf(codes.Internal, "%v", w.err)
-	}
-	h := w.header
-	code := h.Get("Grpc-Status")
-	if code == "" {
-		// ServeHTTP refused the call before it started (a stopped server).
-		return status.Error(codes.Unavailable, "the service is not serving")
-	}
-	c, err := strconv.ParseUint(code, 10, 32)
-	if err != nil {
-		return status.Errorf(codes.Internal, "in-process call: bad grpc-status %q", code)
-	}
-	if codes.Code(c) == codes.OK {
+// RecvMsg implements grpc.ServerStream: it gives the request messages,
+// then io.EOF.
+func (ss *inprocServerStream) RecvMsg(m any) error {
+	if ss.received == len(ss.call.requests) {
 		return io.EOF
 	}
-	if details := h.Get("Grpc-Status-Details-Bin"); details != "" {
-		b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(details, "="))
-		st := &spb.Status{}
-		if err == nil && proto.Unmarshal(b, st) == nil && st.GetCode() == int32(c) {
-			return status.FromProto(st).Err()
-		}
+	req := ss.call.requests[ss.received]
+	ss.received++
+	if err := moveMessage(m, req); err != nil {
+		return status.Errorf(codes.Internal, "in-process call: %v", err)
 	}
-	msg, err := url.PathUnescape(h.Get("Grpc-Message"))
-	if err != nil {
-		msg = h.Get("Grpc-Message")
-	}
-	return status.Error(codes.Code(c), msg)
+	return nil
 }
 
-// addMetadata adds an HTTP header's values to md, decoding binary ones.
-func addMetadata(md metadata.MD, key string, vs []string) {
-	key = strings.ToLower(key)
-	for _, v := range vs {
-		if strings.HasSuffix(key, "-bin") {
-			b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(v, "="))
-			if err != nil {
-				continue
-			}
-			v = string(b)
-		}
-		md.Append(key, v)
-	}
+// transportStream is an in-process call's grpc.ServerTransportStream, so
+// grpc.SetHeader and the like work on its context as on a gRPC server's.
+type transportStream struct{ ss *inprocServerStream }
+
+func (t transportStream) Method() string                  { return t.ss.call.method }
+func (t transportStream) SetHeader(md metadata.MD) error  { return t.ss.SetHeader(md) }
+func (t transportStream) SendHeader(md metadata.MD) error { return t.ss.SendHeader(md) }
+func (t transportStream) SetTrailer(md metadata.MD) error {
+	t.ss.SetTrailer(md)
+	return nil
 }
 
-// encodeTimeout renders d as a grpc-timeout header value: at most eight
-// digits and a unit, rounded up.
-func encodeTimeout(d time.Duration) string {
-	for _, u := range []struct {
-		unit string
-		size time.Duration
-	}{{"n", time.Nanosecond}, {"u", time.Microsecond}, {"m", time.Millisecond}, {"S", time.Second}, {"M", time.Minute}} {
-		if v := (d + u.size - 1) / u.size; v <= 99999999 {
-			return strconv.FormatInt(int64(v), 10) + u.unit
-		}
+// moveMessage sets the fields of dst, a message of the same type as src,
+// to src's, without copying: bytes and messages then alias src's.
+func moveMessage(dst any, src proto.Message) error {
+	d, ok := dst.(proto.Message)
+	if !ok {
+		return fmt.Errorf("%T is not a proto message", dst)
 	}
-	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
+	dm, sm := d.ProtoReflect(), src.ProtoReflect()
+	if dm.Descriptor().FullName() != sm.Descriptor().FullName() {
+		return fmt.Errorf("a %s received into a %s", sm.Descriptor().FullName(), dm.Descriptor().FullName())
+	}
+	proto.Reset(d)
+	sm.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dm.Set(fd, v)
+		return true
+	})
+	if u := sm.GetUnknown(); len(u) > 0 {
+		dm.SetUnknown(u)
+	}
+	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -66,8 +65,8 @@ func (o *observer) HandleRPC(_ context.Context, s stats.RPCStats) {
 }
 
 // startInproc serves the real service, in front of a simulated upstream,
-// on a gRPC server with an interceptor and a stats handler, and returns an
-// in-process channel to it.
+// on an in-process server with interceptors and a stats handler, and
+// returns a channel to it.
 func startInproc(t *testing.T) (*inprocChannel, *upstreamtest.Server, *observer) {
 	t.Helper()
 	up := upstreamtest.NewServer()
@@ -83,7 +82,11 @@ func startInproc(t *testing.T) (*inprocChannel, *upstreamtest.Server, *observer)
 		t.Fatal(err)
 	}
 	obs := &observer{}
-	srv := grpc.NewServer(svc.ServerOption(), grpc.ChainStreamInterceptor(obs.stream), grpc.ChainUnaryInterceptor(obs.unary), grpc.StatsHandler(obs))
+	srv := newInprocServer(callHooks{
+		stream: []grpc.StreamServerInterceptor{obs.stream},
+		unary:  []grpc.UnaryServerInterceptor{obs.unary},
+		stats:  []stats.Handler{obs},
+	})
 	buildlogv1.RegisterBuildLogServiceServer(srv, svc)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	t.Cleanup(srv.Stop)
@@ -238,62 +241,118 @@ func TestInprocCancelStopsTheServer(t *testing.T) {
 func TestInprocStoppedServerIsUnavailable(t *testing.T) {
 	t.Parallel()
 	ch, _, _ := startInproc(t)
-	ch.server.(*grpc.Server).Stop()
+	ch.server.Stop()
 	_, err := healthpb.NewHealthClient(ch).Check(context.Background(), &healthpb.HealthCheckRequest{})
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("got %v, want Unavailable", err)
 	}
 }
 
-func TestEncodeTimeout(t *testing.T) {
+// TestInprocMetadata checks that a handler's header and trailer reach the
+// caller, set on the stream or through grpc.SetHeader on its context, and
+// that the context names the method.
+func TestInprocMetadata(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		in   time.Duration
-		want string
-	}{
-		{time.Nanosecond, "1n"},
-		{99999999 * time.Nanosecond, "99999999n"},
-		{100000000 * time.Nanosecond, "100000u"},
-		{time.Hour, "3600000m"},
-		{100000 * time.Second, "100000S"},
-		{10000 * time.Hour, "36000000S"},
+	const method = "/test.Echo/Stream"
+	srv := newInprocServer(callHooks{})
+	t.Cleanup(srv.Stop)
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "test.Echo",
+		HandlerType: (*any)(nil),
+		Streams: []grpc.StreamDesc{{
+			StreamName:    "Stream",
+			ServerStreams: true,
+			Handler: func(_ any, ss grpc.ServerStream) error {
+				req := &buildlogv1.DownloadTaskLogRequest{}
+				if err := ss.RecvMsg(req); err != nil {
+					return err
+				}
+				if m, _ := grpc.Method(ss.Context()); m != method {
+					return status.Errorf(codes.Internal, "grpc.Method = %q", m)
+				}
+				if err := grpc.SetHeader(ss.Context(), metadata.Pairs("via-context", "1")); err != nil {
+					return err
+				}
+				if err := ss.SetHeader(metadata.Pairs("via-stream", "2")); err != nil {
+					return err
+				}
+				ss.SetTrailer(metadata.Pairs("trailer", "3"))
+				if err := ss.SendMsg(&buildlogv1.DownloadTaskLogResponse{Data: []byte(req.GetTaskName())}); err != nil {
+					return err
+				}
+				if err := ss.SetHeader(metadata.Pairs("late", "4")); err == nil {
+					return status.Error(codes.Internal, "SetHeader after the first message succeeded")
+				}
+				return nil
+			},
+		}},
+	}, nil)
+	ch := &inprocChannel{server: srv}
+	stream, err := ch.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true}, method)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		if got := encodeTimeout(tt.in); got != tt.want {
-			t.Errorf("encodeTimeout(%v) = %q, want %q", tt.in, got, tt.want)
-		}
+	if err := stream.SendMsg(&buildlogv1.DownloadTaskLogRequest{TaskName: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	header, err := stream.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := header.Get("via-context"); len(got) != 1 || got[0] != "1" {
+		t.Errorf("header via-context = %q, want [1]", got)
+	}
+	if got := header.Get("via-stream"); len(got) != 1 || got[0] != "2" {
+		t.Errorf("header via-stream = %q, want [2]", got)
+	}
+	resp := &buildlogv1.DownloadTaskLogResponse{}
+	if err := stream.RecvMsg(resp); err != nil {
+		t.Fatal(err)
+	}
+	if string(resp.GetData()) != "echo" {
+		t.Errorf("got %q, want the request's task name", resp.GetData())
+	}
+	if err := stream.RecvMsg(resp); err != io.EOF {
+		t.Fatalf("end of stream: %v, want io.EOF", err)
+	}
+	if got := stream.Trailer().Get("trailer"); len(got) != 1 || got[0] != "3" {
+		t.Errorf("trailer = %q, want [3]", got)
+	}
+	if got := header.Get("late"); len(got) != 0 {
+		t.Errorf("a header set after the first message reached the caller: %q", got)
 	}
 }
 
-// TestInprocFailedWriteIsNeverOK checks that once a Write of the response
-// fails (here a compressed message, which the channel cannot decode), the
-// rest of the response fails too, instead of being taken for messages of
-// its own, the call is cancelled, and its result is an error, not OK.
-func TestInprocFailedWriteIsNeverOK(t *testing.T) {
+// TestInprocWrongMessageType checks that a message received into a value
+// of another type is an error, not a silent mix of fields.
+func TestInprocWrongMessageType(t *testing.T) {
 	t.Parallel()
-	stopped := false
-	w := &inprocResponse{
-		header:      http.Header{"Grpc-Status": {"0"}},
-		headerReady: make(chan struct{}),
-		msgs:        make(chan inprocMessage, 1),
-		free:        make(chan []byte, 1),
-		gone:        make(chan struct{}),
-		stop:        func() { stopped = true },
+	err := moveMessage(&buildlogv1.DownloadTaskLogRequest{}, &buildlogv1.DownloadTaskLogResponse{Data: []byte("x")})
+	if err == nil {
+		t.Error("a response moved into a request")
 	}
-	w.free <- nil
-	if _, err := w.Write([]byte{1, 0, 0, 0, 3}); err == nil {
-		t.Fatal("a compressed message was accepted")
+	if err := moveMessage(struct{}{}, &buildlogv1.DownloadTaskLogResponse{}); err == nil {
+		t.Error("a response moved into a non-message")
 	}
-	if _, err := w.Write([]byte{0, 0, 0, 0, 0}); err == nil {
-		t.Fatal("a Write after a failed one was accepted")
+}
+
+// TestInprocUnknownMethod checks that a method nothing registered is
+// UNIMPLEMENTED, for streams and unary calls.
+func TestInprocUnknownMethod(t *testing.T) {
+	t.Parallel()
+	ch, _, _ := startInproc(t)
+	stream, err := ch.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true}, "/no.Such/Method")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(w.msgs) != 0 {
-		t.Fatal("a message was delivered after a failed Write")
+	if err := stream.RecvMsg(&buildlogv1.DownloadTaskLogResponse{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("stream: got %v, want Unimplemented", err)
 	}
-	if !stopped {
-		t.Error("the call was not cancelled")
-	}
-	if err := w.result(); status.Code(err) != codes.Internal {
-		t.Errorf("result %v, want INTERNAL", err)
+	err = ch.Invoke(context.Background(), "/no.Such/Unary", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("unary: got %v, want Unimplemented", err)
 	}
 }

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/buildlog/buildlog/gateway"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/service"
@@ -49,7 +47,7 @@ func benchmarkRESTMirror(b *testing.B, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := grpc.NewServer(svc.ServerOption())
+	srv := newInprocServer(callHooks{})
 	defer srv.Stop()
 	buildlogv1.RegisterBuildLogServiceServer(srv, svc)
 	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(&inprocChannel{server: srv}))

@@ -82,7 +82,7 @@ func (s *Server) observeStreams(srv any, ss grpc.ServerStream, info *grpc.Stream
 }
 
 // callPath tells REST mirror calls, which the in-process server marks
-// (markInproc), from gRPC callers'.
+// (inprocContext), from gRPC callers'.
 func callPath(ctx context.Context) string {
 	if isInprocCall(ctx) {
 		return pathREST

@@ -209,13 +209,13 @@ func TestRangeServedAgainReleasesTheFirstAttempt(t *testing.T) {
 		t.Fatalf("status %d, want 200 (the whole log)", resp.StatusCode)
 	}
 	// The second attempt is under way, held back by this reader: at most
-	// its own call may have data lent to it.
+	// its own call may wait in SendMsg, with data lent to the mirror.
 	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
 		t.Fatal(err)
 	}
 	lending := func() int {
 		buf := make([]byte, 8<<20)
-		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*inprocResponse).lend(")
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*inprocServerStream).SendMsg(")
 	}
 	giveUp := time.After(10 * time.Second)
 	for n := lending(); n > 1; n = lending() {

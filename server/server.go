@@ -3,9 +3,10 @@
 // and a graceful shutdown.
 //
 // The REST mirror reaches the service over an in-process channel (see
-// inproc.go) through a gRPC server built with the same options as the
-// public one, so REST calls pass the same interceptors and stats handlers as
-// gRPC calls, without a network hop or HTTP/2 framing.
+// inproc.go) that calls it directly, through the same interceptors and
+// stats handlers as the public gRPC server's: REST calls are observed,
+// authenticated and traced as gRPC calls are, with no transport, encoding
+// or copy between the mirror and the service.
 package server
 
 import (
@@ -119,7 +120,7 @@ type Server struct {
 	health     *health.Server
 	upstream   *upstream.Client
 	// inprocServer serves the REST mirror's calls; see inprocChannel.
-	inprocServer *grpc.Server
+	inprocServer *inprocServer
 
 	metrics     *metrics
 	adminLn     net.Listener // nil when the admin endpoints are off
@@ -177,21 +178,25 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	s := &Server{cfg: cfg, health: health.NewServer(), upstream: up, metrics: m}
+	// What every call passes, gRPC and REST alike.
+	var hooks callHooks
+	tr.addServerHooks(&hooks)
+	hooks.stream = append(append(hooks.stream, m.grpc.StreamServerInterceptor(), s.observeStreams), sec.streamInterceptors...)
+	hooks.unary = append(hooks.unary, m.grpc.UnaryServerInterceptor())
+
 	maxStreams := uint32(cfg.MaxDownloads + streamsBeyondDownloads)
-	grpcOpts := append(append(cfg.Keepalive.serverOptions(),
+	grpcOpts := append(append(append(cfg.Keepalive.serverOptions(),
 		grpc.MaxConcurrentStreams(maxStreams),
+		grpc.NumStreamWorkers(uint32(streamWorkers())),
 		svc.ServerOption(),
-		tr.serverOption(),
-		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.observeStreams),
-		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
-	), sec.grpcOpts...)
+	), hooks.serverOptions()...), sec.grpcOpts...)
 	s.grpcServer = grpc.NewServer(grpcOpts...)
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
 	m.grpc.InitializeMetrics(s.grpcServer)
 
-	s.inprocServer = newInprocServer(grpcOpts)
+	s.inprocServer = newInprocServer(hooks)
 	buildlogv1.RegisterBuildLogServiceServer(s.inprocServer, svc)
 
 	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(

@@ -44,14 +44,15 @@ func newTracing(tp trace.TracerProvider) tracing {
 
 func (t tracing) on() bool { return t.tp != nil }
 
-// serverOption is the gRPC server's stats handler, which continues the
+// addServerHooks adds the servers' stats handler, which continues the
 // caller's trace; with tracing off, an interceptor that only takes the
 // caller's trace context into the call's context.
-func (t tracing) serverOption() grpc.ServerOption {
+func (t tracing) addServerHooks(h *callHooks) {
 	if !t.on() {
-		return passTraceContext
+		h.stream = append(h.stream, passTraceContext)
+		return
 	}
-	return grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator)))
+	h.stats = append(h.stats, otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator)))
 }
 
 // gatewayStatsHandler carries the REST call's trace into the in-process
@@ -109,15 +110,14 @@ func (t tracing) upstreamOption() upstream.Option {
 // caller's trace context from a stream's metadata into its context, where
 // the access log and the upstream transport find it. (The service's only
 // unary calls are health checks, which call nothing.)
-var passTraceContext = grpc.ChainStreamInterceptor(
-	func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		ctx := ss.Context()
-		md, _ := metadata.FromIncomingContext(ctx)
-		if traced := propagator.Extract(ctx, metadataCarrier(md)); traced != ctx {
-			ss = &markedStream{ServerStream: ss, ctx: traced}
-		}
-		return handler(srv, ss)
-	})
+func passTraceContext(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx := ss.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	if traced := propagator.Extract(ctx, metadataCarrier(md)); traced != ctx {
+		ss = &markedStream{ServerStream: ss, ctx: traced}
+	}
+	return handler(srv, ss)
+}
 
 // metadataCarrier is gRPC metadata as a propagation.TextMapCarrier.
 type metadataCarrier metadata.MD

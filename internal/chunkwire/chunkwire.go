@@ -1,8 +1,7 @@
 // Package chunkwire decodes buildlog's stream messages without copying
 // their log data: a DownloadTaskLogResponse's data field is left in the
-// buffer it arrived in. The REST mirror's in-process channel uses it on the
-// bytes the service lent, and the Go client's codec on each received
-// message.
+// buffer it arrived in. The Go client's codec (package client) uses it on
+// each received message.
 package chunkwire
 
 import (
