@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -50,8 +52,10 @@ type inprocServer struct {
 	// from it.
 	serving context.Context
 	stop    context.CancelFunc
-	// calls hands a call's server side to an idle worker (see work).
-	calls chan func()
+	// calls hands a call's server side to an idle worker (see run);
+	// workers counts the workers.
+	calls   chan func()
+	workers atomic.Int32
 }
 
 // inprocMethod is a registered method: a unary one's handler, or a
@@ -66,46 +70,49 @@ var _ grpc.ServiceRegistrar = (*inprocServer)(nil)
 
 func newInprocServer(hooks callHooks) *inprocServer {
 	serving, stop := context.WithCancel(context.Background())
-	s := &inprocServer{methods: map[string]inprocMethod{}, hooks: hooks, serving: serving, stop: stop, calls: make(chan func())}
-	for range streamWorkers() {
-		go s.work()
-	}
-	return s
+	return &inprocServer{methods: map[string]inprocMethod{}, hooks: hooks, serving: serving, stop: stop, calls: make(chan func())}
 }
 
-// streamWorkers is how many goroutines of each server wait for calls to
-// serve, this server's and the gRPC server's (grpc.NumStreamWorkers): a
-// call's handler runs deep (interceptors, the service, an HTTP client), and
-// growing a new goroutine's stack to that depth, copying it at each step,
-// cost about a tenth of a small log's CPU. Calls beyond them get a new
-// goroutine.
+// streamWorkers is how many goroutines of each server serve calls one
+// after another, this server's and the gRPC server's
+// (grpc.NumStreamWorkers): a call's handler runs deep (interceptors, the
+// service, an HTTP client), and growing a new goroutine's stack to that
+// depth, copying it at each step, cost about a tenth of a small log's CPU.
+// Calls beyond them get a new goroutine.
 func streamWorkers() int { return 4 * runtime.GOMAXPROCS(0) }
 
-// workerResetThreshold is how many calls a worker serves before a new
-// goroutine takes its place, so that a stack once grown large for one call
-// is not kept for ever (as grpc-go's stream workers do).
-const workerResetThreshold = 1 << 16
+// workerCalls is how many calls a worker serves before it leaves, so
+// that a stack once grown large for one call is not kept for ever (as
+// grpc-go's stream workers do); a new worker takes its place when needed.
+const workerCalls = 1 << 16
 
-// work serves calls until the server stops.
-func (s *inprocServer) work() {
-	for range workerResetThreshold {
-		select {
-		case f := <-s.calls:
-			f()
-		case <-s.serving.Done():
-			return
-		}
-	}
-	go s.work()
-}
-
-// run runs f, the server side of a call, on an idle worker, or on a new
-// goroutine when there is none.
+// run runs f, the server side of a call, on an idle worker, else on a new
+// one, or, with all the workers busy, on a goroutine of its own.
 func (s *inprocServer) run(f func()) {
 	select {
 	case s.calls <- f:
+		return
 	default:
-		go f()
+	}
+	if s.workers.Add(1) <= int32(streamWorkers()) {
+		go s.work(f)
+		return
+	}
+	s.workers.Add(-1)
+	go f()
+}
+
+// work runs f, then serves calls until the server stops or it has served
+// workerCalls.
+func (s *inprocServer) work(f func()) {
+	defer s.workers.Add(-1)
+	for range workerCalls {
+		f()
+		select {
+		case f = <-s.calls:
+		case <-s.serving.Done():
+			return
+		}
 	}
 }
 
@@ -121,7 +128,9 @@ func (s *inprocServer) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	}
 }
 
-// Stop cancels the calls in flight and refuses new ones with UNAVAILABLE.
+// Stop refuses new calls with UNAVAILABLE and cancels those in flight. A
+// call that has lent a message to the REST mirror ends once the mirror is
+// done writing it (see inprocChannel): the REST server stops first.
 func (s *inprocServer) Stop() { s.stop() }
 
 // serveStream runs a streaming call through the stream interceptors to its
@@ -272,6 +281,13 @@ func (c *inprocChannel) start(ctx context.Context, method string, desc *grpc.Str
 	if md == nil {
 		md = metadata.MD{}
 	}
+	for k := range md {
+		if reservedMetadata(k) {
+			// grpc-go's transport keeps these from a server's metadata; a
+			// REST caller can set any key through Grpc-Metadata- headers.
+			delete(md, k)
+		}
+	}
 	if c.stats == nil {
 		// With no stats handler to carry the trace context, as tracing's
 		// does, the channel passes on the caller's itself.
@@ -285,9 +301,18 @@ func (c *inprocChannel) start(ctx context.Context, method string, desc *grpc.Str
 		cancelServing := cancel
 		cancel = func() { cancelDeadline(); cancelServing() }
 	}
+	// stop ends the server's side, except once the caller's deadline has
+	// passed: the server's is the same and expires too, and cancelling as
+	// well would have the server see CANCELLED as often as
+	// DEADLINE_EXCEEDED.
+	stop := func() {
+		if ctx.Err() != context.DeadlineExceeded {
+			cancel()
+		}
+	}
 	// A caller that goes away without a last RecvMsg ends the call too.
 	stopAfter := context.AfterFunc(ctx, func() {
-		cancel()
+		stop()
 		end(status.FromContextError(ctx.Err()).Err())
 	})
 	call := &inprocCall{
@@ -295,7 +320,7 @@ func (c *inprocChannel) start(ctx context.Context, method string, desc *grpc.Str
 		desc:   desc,
 		cancel: func() {
 			stopAfter()
-			cancel()
+			stop()
 		},
 		callerDone:  gateway.CallDone(ctx),
 		headerReady: make(chan struct{}),
@@ -319,7 +344,10 @@ func (c *inprocChannel) serve(call *inprocCall, run func(ctx context.Context) er
 	hooks := c.server.hooks.stats
 	begin := time.Now()
 	for _, h := range hooks {
+		// As grpc-go reports a call to its server's stats handlers.
 		ctx = h.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: call.method})
+		md, _ := metadata.FromIncomingContext(ctx)
+		h.HandleRPC(ctx, &stats.InHeader{FullMethod: call.method, RemoteAddr: inprocAddr{}, LocalAddr: inprocAddr{}, Header: md})
 		h.HandleRPC(ctx, &stats.Begin{BeginTime: begin, IsClientStream: call.desc.ClientStreams, IsServerStream: call.desc.ServerStreams})
 	}
 	call.stream.ctx = ctx
@@ -340,7 +368,9 @@ func (c *inprocChannel) serve(call *inprocCall, run func(ctx context.Context) er
 }
 
 // Invoke implements grpc.ClientConnInterface, for unary methods. It runs
-// the call on the caller's goroutine.
+// the call on the caller's goroutine, and reply takes the handler's
+// response as it is, which no one else holds. Call options are ignored:
+// the REST mirror has no unary route.
 func (c *inprocChannel) Invoke(ctx context.Context, method string, args, reply any, _ ...grpc.CallOption) error {
 	call, end, err := c.start(ctx, method, &grpc.StreamDesc{})
 	if err != nil {
@@ -477,7 +507,8 @@ func (s *inprocStream) RecvMsg(m any) error {
 	select {
 	case msg := <-s.call.msgs:
 		if err := moveMessage(m, msg); err != nil {
-			// Not lent: the server waits for returned only after a move.
+			// fail cancels the call; a server waiting to have msg back
+			// waits for the caller's end (callerDone).
 			return s.fail(status.Errorf(codes.Internal, "in-process call: %v", err))
 		}
 		s.lent = s.call.callerDone != nil
@@ -496,6 +527,7 @@ func (s *inprocStream) fail(err error) error {
 		// The call ends without its server side having run.
 		s.started = true
 		s.call.result = err
+		s.call.sendHeader()
 		close(s.call.ended)
 	}
 	s.call.cancel()
@@ -584,6 +616,16 @@ func (ss *inprocServerStream) RecvMsg(m any) error {
 		return status.Errorf(codes.Internal, "in-process call: %v", err)
 	}
 	return nil
+}
+
+// reservedMetadata reports whether key is one grpc-go's transport keeps
+// out of a server's incoming metadata.
+func reservedMetadata(key string) bool {
+	switch key {
+	case "content-type", "grpc-message-type", "grpc-encoding", "grpc-message", "grpc-status", "grpc-timeout", "te":
+		return true
+	}
+	return strings.HasPrefix(key, ":")
 }
 
 // transportStream is an in-process call's grpc.ServerTransportStream, so

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/service"
@@ -354,5 +355,157 @@ func TestInprocUnknownMethod(t *testing.T) {
 	err = ch.Invoke(context.Background(), "/no.Such/Unary", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("unary: got %v, want Unimplemented", err)
+	}
+}
+
+// waitEnds waits until obs has seen n calls end on the server.
+func waitEnds(t *testing.T, obs *observer, n int) {
+	t.Helper()
+	for range 500 {
+		obs.mu.Lock()
+		ends := obs.ends
+		obs.mu.Unlock()
+		if ends >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the server never ended the call")
+}
+
+// TestInprocFailedReceiveEndsTheCall checks that a message the caller
+// cannot take ends the call on both sides: the server, blocked offering
+// the next message, is released.
+func TestInprocFailedReceiveEndsTheCall(t *testing.T) {
+	t.Parallel()
+	ch, up, obs := startInproc(t)
+	up.AddLog(inprocRecord, "stage1", upstreamtest.Log{Size: 1 << 20})
+	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, "tok")
+	stream, err := ch.NewStream(ctx, &buildlogv1.BuildLogService_ServiceDesc.Streams[0], buildlogv1.BuildLogService_DownloadTaskLog_FullMethodName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.SendMsg(&buildlogv1.DownloadTaskLogRequest{RecordId: inprocRecord, TaskName: "stage1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.RecvMsg(&healthpb.HealthCheckResponse{}); status.Code(err) != codes.Internal {
+		t.Fatalf("a chunk received into a health response: got %v, want Internal", err)
+	}
+	waitEnds(t, obs, 1)
+}
+
+// TestInprocStopEndsCallsInFlight checks that Stop cancels a download
+// under way, and refuses new calls.
+func TestInprocStopEndsCallsInFlight(t *testing.T) {
+	t.Parallel()
+	ch, up, obs := startInproc(t)
+	up.AddLog(inprocRecord, "stage1", upstreamtest.Log{Size: 1 << 30})
+	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, "tok")
+	stream, err := buildlogv1.NewBuildLogServiceClient(ch).DownloadTaskLog(ctx,
+		&buildlogv1.DownloadTaskLogRequest{RecordId: inprocRecord, TaskName: "stage1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	ch.server.Stop()
+	for {
+		_, err := stream.Recv()
+		if err == nil {
+			continue // sent before the stop
+		}
+		if status.Code(err) != codes.Canceled {
+			t.Errorf("Recv after Stop: got %v, want Canceled", err)
+		}
+		break
+	}
+	waitEnds(t, obs, 1)
+	_, err = healthpb.NewHealthClient(ch).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("a call after Stop: got %v, want Unavailable", err)
+	}
+}
+
+// TestInprocDeadlineExceeded checks that a call whose caller's deadline
+// passes ends with DEADLINE_EXCEEDED on the server too (its access log and
+// metrics), never CANCELLED.
+func TestInprocDeadlineExceeded(t *testing.T) {
+	t.Parallel()
+	const method = "/test.Wait/Stream"
+	codesSeen := make(chan codes.Code, 1)
+	srv := newInprocServer(callHooks{})
+	t.Cleanup(srv.Stop)
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "test.Wait",
+		HandlerType: (*any)(nil),
+		Streams: []grpc.StreamDesc{{
+			StreamName:    "Stream",
+			ServerStreams: true,
+			Handler: func(_ any, ss grpc.ServerStream) error {
+				<-ss.Context().Done()
+				err := status.FromContextError(ss.Context().Err()).Err()
+				codesSeen <- status.Code(err)
+				return err
+			},
+		}},
+	}, nil)
+	ch := &inprocChannel{server: srv}
+	for range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+		stream, err := ch.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.RecvMsg(&buildlogv1.DownloadTaskLogResponse{}); status.Code(err) != codes.DeadlineExceeded {
+			t.Errorf("caller got %v, want DeadlineExceeded", err)
+		}
+		if c := <-codesSeen; c != codes.DeadlineExceeded {
+			t.Fatalf("server saw %v, want DeadlineExceeded", c)
+		}
+		cancel()
+	}
+}
+
+// TestInprocHeaderAfterFailedSend checks that Header does not wait for
+// ever on a call that failed before it started.
+func TestInprocHeaderAfterFailedSend(t *testing.T) {
+	t.Parallel()
+	ch, _, _ := startInproc(t)
+	stream, err := ch.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true}, buildlogv1.BuildLogService_DownloadTaskLog_FullMethodName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.SendMsg("not a message"); status.Code(err) != codes.Internal {
+		t.Fatalf("SendMsg of a string: got %v, want Internal", err)
+	}
+	if _, err := stream.Header(); err != nil {
+		t.Errorf("Header: %v", err)
+	}
+	if err := stream.RecvMsg(&buildlogv1.DownloadTaskLogResponse{}); status.Code(err) != codes.Internal {
+		t.Errorf("RecvMsg: got %v, want the send's error", err)
+	}
+}
+
+// TestInprocCancelBeatsAPendingMessage checks that once the caller has
+// cancelled, RecvMsg reports it even with a message ready to take.
+func TestInprocCancelBeatsAPendingMessage(t *testing.T) {
+	t.Parallel()
+	ch := &inprocChannel{server: newInprocServer(callHooks{})}
+	defer ch.server.Stop()
+	for range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cs, err := ch.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/test.None/Stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := cs.(*inprocStream)
+		s.started = true // no server side: the test offers the message
+		s.call.msgs = make(chan proto.Message, 1)
+		s.call.msgs <- &buildlogv1.DownloadTaskLogResponse{Data: []byte("late")}
+		cancel()
+		if err := s.RecvMsg(&buildlogv1.DownloadTaskLogResponse{}); status.Code(err) != codes.Canceled {
+			t.Fatalf("RecvMsg after cancel: got %v, want Canceled", err)
+		}
 	}
 }

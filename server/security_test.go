@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -676,5 +677,31 @@ func TestSecurityConfigErrors(t *testing.T) {
 				t.Errorf("error %q contains key material", err)
 			}
 		})
+	}
+}
+
+// TestNewFailureLeavesNothingRunning checks that when New fails after it
+// has built the servers (a port in use), none of their goroutines, such
+// as stream workers, lives on.
+//
+// Not parallel: it compares the goroutines of the whole process.
+func TestNewFailureLeavesNothingRunning(t *testing.T) {
+	used, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer used.Close()
+	for _, edit := range map[string]func(*server.Config){
+		"gRPC port in use":  func(cfg *server.Config) { cfg.GRPCAddr = used.Addr().String() },
+		"admin port in use": func(cfg *server.Config) { cfg.AdminAddr = used.Addr().String() },
+	} {
+		before := goleak.IgnoreCurrent()
+		cfg := server.Config{Upstream: "http://127.0.0.1:1", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdminAddr: server.AdminOff,
+			Logger: slog.New(slog.DiscardHandler)}
+		edit(&cfg)
+		if _, err := server.New(cfg); err == nil {
+			t.Fatal("New succeeded on a port in use")
+		}
+		goleak.VerifyNone(t, before)
 	}
 }

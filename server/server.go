@@ -199,10 +199,17 @@ func New(cfg Config) (*Server, error) {
 	s.inprocServer = newInprocServer(hooks)
 	buildlogv1.RegisterBuildLogServiceServer(s.inprocServer, svc)
 
+	// The servers' stream workers run from now on: a failure below stops
+	// them.
+	abandon := func(err error) (*Server, error) {
+		s.grpcServer.Stop()
+		s.inprocServer.Stop()
+		return nil, err
+	}
 	mirror, err := gateway.New(context.Background(), buildlogv1.NewBuildLogServiceClient(
 		&inprocChannel{server: s.inprocServer, stats: tr.gatewayStatsHandler()}), sec.gatewayOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("build the REST mirror: %w", err)
+		return abandon(fmt.Errorf("build the REST mirror: %w", err))
 	}
 	s.httpServer = &http.Server{
 		Handler:           tr.restHandler(mirror),
@@ -213,17 +220,17 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	if s.grpcLn, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("listen for gRPC on %s: %w", cfg.GRPCAddr, err)
+		return abandon(fmt.Errorf("listen for gRPC on %s: %w", cfg.GRPCAddr, err))
 	}
 	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		s.grpcLn.Close()
-		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+		return abandon(fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err))
 	}
 	s.httpLn = sec.listenHTTP(s.httpLn)
 	if err := s.listenAdmin(); err != nil {
 		s.grpcLn.Close()
 		s.httpLn.Close()
-		return nil, err
+		return abandon(err)
 	}
 	return s, nil
 }
