@@ -76,7 +76,9 @@ func prepare(next http.Handler) http.Handler {
 	var serve http.HandlerFunc
 	serve = func(w http.ResponseWriter, orig *http.Request) {
 		rs := &responseState{ResponseWriter: w, status: http.StatusOK, done: make(chan struct{})}
-		r := orig.Clone(context.WithValue(orig.Context(), responseStateKey{}, rs))
+		// A shallow copy: nothing below changes orig's header, and its URL
+		// is copied before its query is rewritten.
+		r := orig.WithContext(context.WithValue(orig.Context(), responseStateKey{}, rs))
 		if r.Method == http.MethodHead {
 			// The headers of a GET: they depend on the log, so the call is
 			// made, for one byte (see below), and the body discarded.
@@ -113,10 +115,15 @@ func prepare(next http.Handler) http.Handler {
 				changed = true
 			}
 			if changed {
-				r.URL.RawQuery = values.Encode()
+				u := *r.URL
+				u.RawQuery = values.Encode()
+				r.URL = &u
 			}
 		}
-		header := w.Header().Clone()
+		var header http.Header // the response header to start again from
+		if rs.byteRange != nil {
+			header = w.Header().Clone()
+		}
 		func() {
 			defer close(rs.done)
 			next.ServeHTTP(rs, r)
