@@ -53,9 +53,11 @@ type inprocServer struct {
 	serving context.Context
 	stop    context.CancelFunc
 	// calls hands a call's server side to an idle worker (see run);
-	// workers counts the workers.
-	calls   chan func()
-	workers atomic.Int32
+	// workers counts the workers, each of which leaves after workerCalls
+	// calls.
+	calls       chan func()
+	workers     atomic.Int32
+	workerCalls int
 }
 
 // inprocMethod is a registered method: a unary one's handler, or a
@@ -70,7 +72,8 @@ var _ grpc.ServiceRegistrar = (*inprocServer)(nil)
 
 func newInprocServer(hooks callHooks) *inprocServer {
 	serving, stop := context.WithCancel(context.Background())
-	return &inprocServer{methods: map[string]inprocMethod{}, hooks: hooks, serving: serving, stop: stop, calls: make(chan func())}
+	return &inprocServer{methods: map[string]inprocMethod{}, hooks: hooks, serving: serving, stop: stop,
+		calls: make(chan func()), workerCalls: workerCalls}
 }
 
 // streamWorkers is how many goroutines of each server serve calls one
@@ -103,11 +106,14 @@ func (s *inprocServer) run(f func()) {
 }
 
 // work runs f, then serves calls until the server stops or it has served
-// workerCalls.
+// its share. It takes a call only when it will run it.
 func (s *inprocServer) work(f func()) {
 	defer s.workers.Add(-1)
-	for range workerCalls {
+	for n := 1; ; n++ {
 		f()
+		if n == s.workerCalls {
+			return
+		}
 		select {
 		case f = <-s.calls:
 		case <-s.serving.Done():
