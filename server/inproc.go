@@ -223,8 +223,8 @@ var _ grpc.ClientConnInterface = (*inprocChannel)(nil)
 type inprocCall struct {
 	method string
 	desc   *grpc.StreamDesc
-	ctx    context.Context    // the server's
-	cancel context.CancelFunc // cancels ctx
+	ctx    context.Context // the server's
+	cancel func()          // ends the server's side (see start)
 	// requests are the request messages: the client's copies, sent before
 	// the call starts.
 	requests []proto.Message
@@ -255,8 +255,9 @@ func (c *inprocCall) sendHeader() {
 
 // start prepares a call of method: the server's context, which carries
 // the caller's cancellation and deadline and its outgoing metadata as
-// incoming, but none of its values, as over a network. report, when not
-// nil, receives the client's end of the call.
+// incoming, but none of its values, as over a network. It returns the call
+// and end, which reports the client's end of the call to the channel's
+// stats handler, once.
 func (c *inprocChannel) start(ctx context.Context, method string, desc *grpc.StreamDesc) (*inprocCall, func(error), error) {
 	end := func(error) {}
 	if c.stats != nil {

@@ -65,6 +65,21 @@ func (o *observer) HandleRPC(_ context.Context, s stats.RPCStats) {
 	}
 }
 
+// waitEnds waits until obs has seen n calls end on the server.
+func waitEnds(t *testing.T, obs *observer, n int) {
+	t.Helper()
+	for range 500 {
+		obs.mu.Lock()
+		ends := obs.ends
+		obs.mu.Unlock()
+		if ends >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the server never ended the call")
+}
+
 // startInproc serves the real service, in front of a simulated upstream,
 // on an in-process server with interceptors and a stats handler, and
 // returns a channel to it.
@@ -137,17 +152,9 @@ func TestInprocStreamPassesInterceptorsAndStats(t *testing.T) {
 		t.Errorf("metadata total_size = %d, want %d", first.GetMetadata().GetTotalSize(), size)
 	}
 
-	// grpc-go reports the server's end of the call as its handler returns,
+	// The server's end of the call is reported as its handler returns,
 	// which may be a moment after the client has the last message.
-	for i := 0; i < 1000; i++ {
-		obs.mu.Lock()
-		ends := obs.ends
-		obs.mu.Unlock()
-		if ends > 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitEnds(t, obs, 1)
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
 	if len(obs.methods) != 1 || obs.methods[0] != buildlogv1.BuildLogService_DownloadTaskLog_FullMethodName {
@@ -227,16 +234,7 @@ func TestInprocCancelStopsTheServer(t *testing.T) {
 		t.Errorf("Recv after cancel: got %v, want Canceled", err)
 	}
 	// The server side ends: its stats handler sees the end of the call.
-	for range 200 {
-		obs.mu.Lock()
-		ends := obs.ends
-		obs.mu.Unlock()
-		if ends == 1 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Error("the server never ended the cancelled call")
+	waitEnds(t, obs, 1)
 }
 
 func TestInprocStoppedServerIsUnavailable(t *testing.T) {
@@ -356,21 +354,6 @@ func TestInprocUnknownMethod(t *testing.T) {
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("unary: got %v, want Unimplemented", err)
 	}
-}
-
-// waitEnds waits until obs has seen n calls end on the server.
-func waitEnds(t *testing.T, obs *observer, n int) {
-	t.Helper()
-	for range 500 {
-		obs.mu.Lock()
-		ends := obs.ends
-		obs.mu.Unlock()
-		if ends >= n {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("the server never ended the call")
 }
 
 // TestInprocFailedReceiveEndsTheCall checks that a message the caller
