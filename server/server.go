@@ -199,8 +199,8 @@ func New(cfg Config) (*Server, error) {
 	s.inprocServer = newInprocServer(hooks)
 	buildlogv1.RegisterBuildLogServiceServer(s.inprocServer, svc)
 
-	// The servers' stream workers run from now on: a failure below stops
-	// them.
+	// The gRPC server's stream workers run from now on: a failure below
+	// stops them (and any the in-process server started).
 	abandon := func(err error) (*Server, error) {
 		s.grpcServer.Stop()
 		s.inprocServer.Stop()
