@@ -350,10 +350,13 @@ func (c *inprocChannel) serve(call *inprocCall, run func(ctx context.Context) er
 	ctx := call.ctx
 	hooks := c.server.hooks.stats
 	begin := time.Now()
+	var md metadata.MD
+	if len(hooks) > 0 {
+		md, _ = metadata.FromIncomingContext(ctx)
+	}
 	for _, h := range hooks {
 		// As grpc-go reports a call to its server's stats handlers.
 		ctx = h.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: call.method})
-		md, _ := metadata.FromIncomingContext(ctx)
 		h.HandleRPC(ctx, &stats.InHeader{FullMethod: call.method, RemoteAddr: inprocAddr{}, LocalAddr: inprocAddr{}, Header: md})
 		h.HandleRPC(ctx, &stats.Begin{BeginTime: begin, IsClientStream: call.desc.ClientStreams, IsServerStream: call.desc.ServerStreams})
 	}

@@ -80,6 +80,23 @@ func waitEnds(t *testing.T, obs *observer, n int) {
 	t.Fatalf("the server never ended the call")
 }
 
+// testStream is the method of the service that startStreamServer serves.
+const testStream = "/test.Service/Stream"
+
+// startStreamServer returns a channel to an in-process server, with no
+// hooks, whose one streaming method (testStream) runs handler.
+func startStreamServer(t *testing.T, handler grpc.StreamHandler) *inprocChannel {
+	t.Helper()
+	srv := newInprocServer(callHooks{})
+	t.Cleanup(srv.Stop)
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "test.Service",
+		HandlerType: (*any)(nil),
+		Streams:     []grpc.StreamDesc{{StreamName: "Stream", ServerStreams: true, Handler: handler}},
+	}, nil)
+	return &inprocChannel{server: srv}
+}
+
 // startInproc serves the real service, in front of a simulated upstream,
 // on an in-process server with interceptors and a stats handler, and
 // returns a channel to it.
@@ -252,42 +269,30 @@ func TestInprocStoppedServerIsUnavailable(t *testing.T) {
 // that the context names the method.
 func TestInprocMetadata(t *testing.T) {
 	t.Parallel()
-	const method = "/test.Echo/Stream"
-	srv := newInprocServer(callHooks{})
-	t.Cleanup(srv.Stop)
-	srv.RegisterService(&grpc.ServiceDesc{
-		ServiceName: "test.Echo",
-		HandlerType: (*any)(nil),
-		Streams: []grpc.StreamDesc{{
-			StreamName:    "Stream",
-			ServerStreams: true,
-			Handler: func(_ any, ss grpc.ServerStream) error {
-				req := &buildlogv1.DownloadTaskLogRequest{}
-				if err := ss.RecvMsg(req); err != nil {
-					return err
-				}
-				if m, _ := grpc.Method(ss.Context()); m != method {
-					return status.Errorf(codes.Internal, "grpc.Method = %q", m)
-				}
-				if err := grpc.SetHeader(ss.Context(), metadata.Pairs("via-context", "1")); err != nil {
-					return err
-				}
-				if err := ss.SetHeader(metadata.Pairs("via-stream", "2")); err != nil {
-					return err
-				}
-				ss.SetTrailer(metadata.Pairs("trailer", "3"))
-				if err := ss.SendMsg(&buildlogv1.DownloadTaskLogResponse{Data: []byte(req.GetTaskName())}); err != nil {
-					return err
-				}
-				if err := ss.SetHeader(metadata.Pairs("late", "4")); err == nil {
-					return status.Error(codes.Internal, "SetHeader after the first message succeeded")
-				}
-				return nil
-			},
-		}},
-	}, nil)
-	ch := &inprocChannel{server: srv}
-	stream, err := ch.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true}, method)
+	ch := startStreamServer(t, func(_ any, ss grpc.ServerStream) error {
+		req := &buildlogv1.DownloadTaskLogRequest{}
+		if err := ss.RecvMsg(req); err != nil {
+			return err
+		}
+		if m, _ := grpc.Method(ss.Context()); m != testStream {
+			return status.Errorf(codes.Internal, "grpc.Method = %q", m)
+		}
+		if err := grpc.SetHeader(ss.Context(), metadata.Pairs("via-context", "1")); err != nil {
+			return err
+		}
+		if err := ss.SetHeader(metadata.Pairs("via-stream", "2")); err != nil {
+			return err
+		}
+		ss.SetTrailer(metadata.Pairs("trailer", "3"))
+		if err := ss.SendMsg(&buildlogv1.DownloadTaskLogResponse{Data: []byte(req.GetTaskName())}); err != nil {
+			return err
+		}
+		if err := ss.SetHeader(metadata.Pairs("late", "4")); err == nil {
+			return status.Error(codes.Internal, "SetHeader after the first message succeeded")
+		}
+		return nil
+	})
+	stream, err := ch.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true}, testStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,28 +420,16 @@ func TestInprocStopEndsCallsInFlight(t *testing.T) {
 // metrics), never CANCELLED.
 func TestInprocDeadlineExceeded(t *testing.T) {
 	t.Parallel()
-	const method = "/test.Wait/Stream"
 	codesSeen := make(chan codes.Code, 1)
-	srv := newInprocServer(callHooks{})
-	t.Cleanup(srv.Stop)
-	srv.RegisterService(&grpc.ServiceDesc{
-		ServiceName: "test.Wait",
-		HandlerType: (*any)(nil),
-		Streams: []grpc.StreamDesc{{
-			StreamName:    "Stream",
-			ServerStreams: true,
-			Handler: func(_ any, ss grpc.ServerStream) error {
-				<-ss.Context().Done()
-				err := status.FromContextError(ss.Context().Err()).Err()
-				codesSeen <- status.Code(err)
-				return err
-			},
-		}},
-	}, nil)
-	ch := &inprocChannel{server: srv}
+	ch := startStreamServer(t, func(_ any, ss grpc.ServerStream) error {
+		<-ss.Context().Done()
+		err := status.FromContextError(ss.Context().Err()).Err()
+		codesSeen <- status.Code(err)
+		return err
+	})
 	for range 20 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
-		stream, err := ch.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method)
+		stream, err := ch.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, testStream)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -498,23 +491,11 @@ func TestInprocCancelBeatsAPendingMessage(t *testing.T) {
 // in a worker's hand-over.
 func TestInprocWorkersServeEveryCall(t *testing.T) {
 	t.Parallel()
-	srv := newInprocServer(callHooks{})
-	srv.workerCalls = 2
-	t.Cleanup(srv.Stop)
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	srv.RegisterService(&grpc.ServiceDesc{
-		ServiceName: "test.Empty",
-		HandlerType: (*any)(nil),
-		Streams: []grpc.StreamDesc{{
-			StreamName:    "Stream",
-			ServerStreams: true,
-			Handler:       func(any, grpc.ServerStream) error { return nil },
-		}},
-	}, nil)
-	ch := &inprocChannel{server: srv}
+	ch := startStreamServer(t, func(any, grpc.ServerStream) error { return nil })
+	ch.server.workerCalls = 2
 	for i := range 200 {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		stream, err := ch.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/test.Empty/Stream")
+		stream, err := ch.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, testStream)
 		if err != nil {
 			t.Fatal(err)
 		}
