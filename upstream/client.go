@@ -202,17 +202,51 @@ func newTransport() *http.Transport {
 	return t
 }
 
-// checkRedirect follows up to 10 redirects, dropping the token when a
-// redirect leaves the original host: net/http strips Authorization and
-// Cookie itself, but knows nothing of X-Auth-Token.
+// credentialHeaders are the headers that carry a credential or bind a
+// signature: the caller's or the server's IAM token, and AK/SK signing's
+// Authorization, X-Sdk-Date and X-Project-Id.
+var credentialHeaders = []string{"X-Auth-Token", "Authorization", "X-Sdk-Date", ProjectIDHeader}
+
+// checkRedirect follows up to 10 redirects. A request signed with AK/SK is
+// never redirected: its signature covers the path and query but not the
+// host, so whoever received it could replay it while X-Sdk-Date is valid.
+// A token follows redirects only while they stay at the origin of the
+// first request (scheme, host and port): once one leaves it, every
+// credential header is dropped from that request on. net/http's own rule
+// strips only Authorization and Cookie, and keeps them for another port or
+// a subdomain.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return errors.New("stopped after 10 redirects")
 	}
-	if req.URL.Host != via[0].URL.Host || req.URL.Scheme != via[0].URL.Scheme {
-		req.Header.Del("X-Auth-Token")
+	if via[0].Header.Get("X-Sdk-Date") != "" {
+		return http.ErrUseLastResponse
+	}
+	for _, r := range append(via[1:], req) {
+		if !sameOrigin(r.URL, via[0].URL) {
+			for _, h := range credentialHeaders {
+				req.Header.Del(h)
+			}
+			break
+		}
 	}
 	return nil
+}
+
+// sameOrigin reports whether a and b have the same scheme, host and port
+// (RFC 6454), a port left out being the scheme's default.
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Hostname(), b.Hostname()) && originPort(a) == originPort(b)
+}
+
+func originPort(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if strings.EqualFold(u.Scheme, "https") {
+		return "443"
+	}
+	return "80"
 }
 
 // CloseIdleConnections closes the idle connections to the upstream, as when

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -477,5 +478,106 @@ func TestIAMRevokedTokenIsReplaced(t *testing.T) {
 	}
 	if _, err := fetchLog(c, ""); err != nil || up.IAMRequestCount() != 2 {
 		t.Errorf("download after a caller's 401 = %v with %d IAM requests; want the cached token (2)", err, up.IAMRequestCount())
+	}
+}
+
+// A redirect that leaves the origin carries no credential of any kind. The
+// target here is another port of the same host, which net/http treats as
+// the same host (it would keep Authorization). A request signed with AK/SK
+// is not redirected at all: its signature does not cover the host.
+func TestRedirectCarriesNoCredentials(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.NewServer()
+	up.AddIAMUser(iamUser)
+	defer up.Close()
+	received := make(chan http.Header, 1)
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		received <- r.Header.Clone()
+		io.WriteString(w, "elsewhere")
+	}))
+	defer other.Close()
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/task-log") {
+			http.Redirect(w, r, other.URL+r.URL.RequestURI(), http.StatusFound)
+			return
+		}
+		up.ServeHTTP(w, r) // IAM
+	}))
+	defer origin.Close()
+	signer, _ := upstream.NewAKSKSigner(accessKey, secretKey, projectID)
+	iam, err := upstream.NewIAMTokenSource(upstream.IAMConfig{
+		Endpoint: origin.URL, User: iamUser.Name, Domain: iamUser.Domain, Password: password, ProjectID: projectID,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name         string
+		token        string
+		creds        upstream.Credentials
+		wantFollowed bool
+	}{
+		{"caller token", token, nil, true},
+		{"IAM token", "", iam, true},
+		{"AK/SK signature", "", signer, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var opts []upstream.Option
+			if tt.creds != nil {
+				opts = append(opts, upstream.WithCredentials(tt.creds))
+			}
+			c, err := upstream.New(origin.URL, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseIdleConnections()
+			got, err := fetchLog(c, tt.token)
+			if !tt.wantFollowed {
+				var ue *upstream.Error
+				if !errors.As(err, &ue) || ue.StatusCode != http.StatusFound {
+					t.Fatalf("download = %q, %v; want the redirect itself as an HTTP 302 error", got, err)
+				}
+				select {
+				case h := <-received:
+					t.Fatalf("the redirect was followed, with headers %v", h)
+				default:
+				}
+				return
+			}
+			if err != nil || got != "elsewhere" {
+				t.Fatalf("download = %q, %v; want the redirect followed", got, err)
+			}
+			h := <-received
+			for _, name := range []string{"X-Auth-Token", "Authorization", "X-Sdk-Date", "X-Project-Id"} {
+				if v := h.Get(name); v != "" {
+					t.Errorf("the other origin received %s: %q", name, v)
+				}
+			}
+		})
+	}
+}
+
+func TestSameOrigin(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"https://cloudbuild-ext.example.com/v4/x", "https://CloudBuild-Ext.example.com:443/other?q", true},
+		{"http://127.0.0.1:8080/a", "http://127.0.0.1:8080/b", true},
+		{"http://example.com/a", "http://example.com:80/b", true},
+		{"https://example.com/a", "https://example.com:8443/a", false},
+		{"https://example.com/a", "http://example.com/a", false},
+		{"https://example.com/a", "https://sub.example.com/a", false},
+		{"http://127.0.0.1:8080/a", "http://127.0.0.1:8081/a", false},
+	}
+	for _, tt := range tests {
+		a, _ := url.Parse(tt.a)
+		b, _ := url.Parse(tt.b)
+		if got := upstream.SameOrigin(a, b); got != tt.want {
+			t.Errorf("SameOrigin(%s, %s) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
 	}
 }

@@ -10,3 +10,6 @@ func IAMWaiters(s *IAMTokenSource) int {
 	}
 	return s.inflight.waiters
 }
+
+// SameOrigin is sameOrigin, for its table test.
+var SameOrigin = sameOrigin
