@@ -427,6 +427,10 @@ func (c *Client) newLog(resp *http.Response, req Request, secret string) (*Log, 
 	case "", "identity":
 	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(resp.Body)
+		if errors.Is(err, gzip.ErrHeader) {
+			// Not gzip at all: asking again would get the same answer.
+			return nil, &ProtocolError{Problem: "a body sent as gzip that is not gzip"}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read upstream gzip header: %w", err)
 		}

@@ -280,6 +280,9 @@ func TestDownloadTaskLogContentEncoding(t *testing.T) {
 		case "corrupt":
 			w.Header().Set("Content-Encoding", "gzip")
 			w.Write(corrupt)
+		case "garbage":
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Write([]byte("plain text, not gzip"))
 		case "br":
 			w.Header().Set("Content-Encoding", "br")
 			w.Write([]byte("not really brotli"))
@@ -310,10 +313,14 @@ func TestDownloadTaskLogContentEncoding(t *testing.T) {
 		t.Errorf("corrupt gzip body: error %v after %d requests, want gzip.ErrChecksum after 1", err, requests.Load())
 	}
 	log.Body.Close()
-	_, err = c.DownloadTaskLog(context.Background(), upstream.Request{RecordID: recordID, TaskName: "br", Token: token})
 	var pe *upstream.ProtocolError
-	if !errors.As(err, &pe) {
-		t.Errorf("unsupported encoding: error = %v, want *upstream.ProtocolError", err)
+	for _, task := range []string{"br", "garbage"} {
+		// Neither is retried: another try gets the same answer.
+		requests.Store(0)
+		_, err = c.DownloadTaskLog(context.Background(), upstream.Request{RecordID: recordID, TaskName: task, Token: token})
+		if !errors.As(err, &pe) || requests.Load() != 1 {
+			t.Errorf("%s: error = %v after %d requests, want *upstream.ProtocolError after 1", task, err, requests.Load())
+		}
 	}
 }
 
