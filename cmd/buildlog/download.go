@@ -109,6 +109,9 @@ func parseDownloadFlags(args []string, env environment) (*downloadFlags, error) 
 	if len(missing) > 0 {
 		return nil, &usageError{fmt.Errorf("missing %s", strings.Join(missing, ", "))}
 	}
+	if f.offset < 0 || f.limit < 0 {
+		return nil, &usageError{fmt.Errorf("--offset and --limit must not be negative, got %d and %d", f.offset, f.limit)}
+	}
 	return &f, nil
 }
 
@@ -179,7 +182,7 @@ func download(ctx context.Context, args []string, env environment) error {
 		return err
 	})
 	if err != nil {
-		return withResumeHint(err, f)
+		return withResumeHint(err, f, n)
 	}
 	if bar != nil {
 		_ = bar.Finish()
@@ -332,23 +335,31 @@ func (e *hintError) Unwrap() error { return e.err }
 // GRPCStatus lets status.FromError see through the hint.
 func (e *hintError) GRPCStatus() *status.Status { return status.Convert(e.err) }
 
-// withResumeHint tells how to fetch the rest of the log after a download
-// that broke off, when the server said where: the same command with the
-// offset (and limit) of the missing part. Only output on stdout can be
-// continued by appending; a failed -o download leaves no file to continue.
-func withResumeHint(err error, f *downloadFlags) error {
+// withResumeHint tells what to do after a download that broke off, having
+// written n bytes to stdout: when the server said where to resume, the same
+// command with the offset (and limit) of the missing part; when the log
+// changed under the download, to start over, since the bytes written belong
+// to its old version. A failed -o download leaves no file to continue.
+func withResumeHint(err error, f *downloadFlags, n int64) error {
 	if f.output != "" {
 		return err
 	}
-	var resume int64 = -1
+	var (
+		resume  int64 = -1
+		changed bool
+	)
 	for _, d := range status.Convert(err).Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			changed = info.GetReason() == service.ReasonLogChanged
 			if v, perr := strconv.ParseInt(info.GetMetadata()[service.MetadataResumeOffset], 10, 64); perr == nil {
 				resume = v
 			}
 		}
 	}
-	if resume < f.offset {
+	switch {
+	case changed:
+		return &hintError{err: err, hint: fmt.Sprintf("%d bytes written belong to the log's old version; discard them and download it again from the start", n)}
+	case resume < f.offset:
 		return err
 	}
 	hint := fmt.Sprintf("%d bytes written; append the rest with --offset %d", resume-f.offset, resume)

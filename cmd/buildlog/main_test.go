@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -123,6 +124,17 @@ func TestDownloadFailures(t *testing.T) {
 			t.Errorf("resumed: exit %d (%q); the two parts make %d bytes, want the %d requested", code, errOut, len(out+rest), len(want))
 		}
 	})
+	t.Run("a log that changed mid-stream is to be downloaded again, not appended to", func(t *testing.T) {
+		s.Upstream.AddLog(recordID, "changing", upstreamtest.Log{Size: 300_000})
+		s.Upstream.Inject(upstreamtest.Fault{Cut: true, CutAfter: 40_000, After: func() {
+			s.Upstream.AddLog(recordID, "changing", upstreamtest.Log{Size: 400_000})
+		}})
+		code, out, errOut := runCLI(t, nil, false, append(base, "--task-name", "changing")...)
+		want := fmt.Sprintf("%d bytes written belong to the log's old version; discard them and download it again from the start", len(out))
+		if code != 1 || !strings.HasPrefix(errOut, "buildlog: ABORTED: ") || !strings.Contains(errOut, want) || strings.Contains(errOut, "--offset") {
+			t.Errorf("exit %d after %d bytes, stderr %q; want 1, ABORTED and advice to start over", code, len(out), errOut)
+		}
+	})
 	t.Run("upstream error", func(t *testing.T) {
 		code, out, errOut := runCLI(t, nil, false, append(base, "--task-name", "stage9")...)
 		if code != 1 || out != "" || !strings.HasPrefix(errOut, "buildlog: NOT_FOUND: ") || !strings.Contains(errOut, "request id ") || strings.Count(errOut, "\n") != 1 {
@@ -159,6 +171,8 @@ func TestUsage(t *testing.T) {
 		{"missing flags", []string{"download", "--addr", "x:1"}, 2, "missing --record-id, --task-name, --token or BUILDLOG_TOKEN"},
 		{"bad level", []string{"download", "--addr", "x:1", "--record-id", recordID, "--task-name", "s", "--token", "t", "--log-level", "trace"}, 2, "--log-level"},
 		{"bad offset", []string{"download", "--offset", "ten"}, 2, "invalid value"},
+		{"negative offset", []string{"download", "--addr", "x:1", "--record-id", recordID, "--task-name", "s", "--token", "t", "--offset", "-3"}, 2, "must not be negative"},
+		{"negative limit", []string{"download", "--addr", "x:1", "--record-id", recordID, "--task-name", "s", "--token", "t", "--limit", "-1"}, 2, "must not be negative"},
 		{"stray argument", []string{"download", "--addr", "x:1", "extra"}, 2, `unexpected argument "extra"`},
 	}
 	for _, tt := range tests {
