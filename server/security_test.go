@@ -253,6 +253,30 @@ func TestTLSListeners(t *testing.T) {
 	}
 }
 
+// Both listeners offer the same AEAD-only suites: a TLS 1.2 client that
+// offers only CBC with SHA-1 is refused, one offering AES-GCM is served.
+func TestTLSListenersOfferOnlyAEADSuites(t *testing.T) {
+	t.Parallel()
+	s := startSecure(t, stackOptions{tls: true})
+	handshake := func(addr string, suite uint16) error {
+		cfg := s.clientTLS()
+		cfg.MaxVersion, cfg.CipherSuites, cfg.NextProtos = tls.VersionTLS12, []uint16{suite}, []string{"h2"}
+		conn, err := tls.Dial("tcp", addr, cfg)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}
+	for name, addr := range map[string]string{"gRPC": s.grpcAddr, "REST": s.httpAddr} {
+		if err := handshake(addr, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA); err == nil {
+			t.Errorf("%s listener: a handshake offering only ECDHE-ECDSA-AES128-SHA succeeded", name)
+		}
+		if err := handshake(addr, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); err != nil {
+			t.Errorf("%s listener: a handshake offering ECDHE-ECDSA-AES128-GCM-SHA256 failed: %v", name, err)
+		}
+	}
+}
+
 func TestMTLSAcceptsOnlyClientsOfTheCA(t *testing.T) {
 	t.Parallel()
 	s := startSecure(t, stackOptions{mtls: true})

@@ -119,11 +119,24 @@ func (f *certFiles) current() (*tls.Certificate, *x509.CertPool) {
 	return f.cert, f.clientCAs
 }
 
+// cipherSuites are the TLS 1.2 suites both listeners offer: forward-secret
+// key exchange and AEAD encryption only (no CBC, no SHA-1 MACs), those
+// HTTP/2 allows (RFC 9113, appendix A). TLS 1.3's suites are all AEAD and
+// not configurable.
+var cipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
 // serverConfig returns a server TLS configuration offering nextProtos
 // (ALPN) that picks up the files' current content at each handshake. With
 // a client CA, clients must present a certificate it verifies (mTLS).
 func (f *certFiles) serverConfig(nextProtos ...string) *tls.Config {
-	base := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: nextProtos}
+	base := &tls.Config{MinVersion: tls.VersionTLS12, CipherSuites: cipherSuites, NextProtos: nextProtos}
 	cfg := base.Clone()
 	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		cert, clientCAs := f.current()
