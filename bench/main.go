@@ -58,6 +58,7 @@ import (
 
 	"github.com/buildlog/buildlog/client"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/service"
 )
 
@@ -284,7 +285,10 @@ func startPaths(bin binaries, upstreamURL string, o options, conc int, profile s
 		return []string{profileEnv + "=" + profile + "-" + name + ".pprof"}
 	}
 	startFacade := func(name string) (*child, error) {
-		args := []string{"--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off"}
+		// The gRPC path carries a whole cell's downloads on one connection,
+		// as the floor server does: no per-connection cap may queue them.
+		args := []string{"--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off",
+			"--max-streams-per-connection", strconv.Itoa(server.DefaultMaxDownloads)}
 		if o.chunk > 0 {
 			args = append(args, "--chunk-size", strconv.FormatInt(o.chunk, 10))
 		}

@@ -61,7 +61,7 @@ func (s *Server) listenAdmin() error {
 	if s.cfg.AdminAddr == AdminOff {
 		return nil
 	}
-	ln, err := net.Listen("tcp", s.cfg.AdminAddr)
+	ln, err := listen(s.cfg.AdminAddr)
 	if err != nil {
 		return fmt.Errorf("listen for admin HTTP on %s: %w", s.cfg.AdminAddr, err)
 	}

@@ -40,12 +40,17 @@ const (
 	DefaultMaxDownloads    = 512
 )
 
-// streamsBeyondDownloads is how many HTTP/2 streams a connection may open
-// beyond MaxDownloads, for health checks and reflection. The per-connection
-// limit cannot be lower than MaxDownloads: a client may multiplex all its
-// downloads on one connection, and a stream over the limit would wait in a
-// queue instead of being refused.
-const streamsBeyondDownloads = 32
+// DefaultMaxStreamsPerConnection is the default of
+// Config.MaxStreamsPerConnection: the least HTTP/2 recommends (RFC 9113,
+// 5.1.2), and what one client multiplexing its downloads needs.
+const DefaultMaxStreamsPerConnection = 100
+
+// maxHeaderBytes caps the request headers (gRPC metadata) of one call on
+// both listeners: the longest token accepted plus 16 KiB for every other
+// header (trace context, baggage, user agent). A larger header list is
+// refused as it is read, before it is held in memory: the token's own
+// limit is checked only once the whole list has been read.
+const maxHeaderBytes = service.MaxTokenLength + 16<<10
 
 // Config is the daemon's configuration.
 type Config struct {
@@ -73,9 +78,14 @@ type Config struct {
 	UpstreamRetry *upstream.RetryPolicy
 	// MaxDownloads caps the downloads in flight, gRPC and REST together;
 	// beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429).
-	// Default 512. It also sizes the upstream connection pool and the HTTP/2
-	// stream limit per connection.
+	// Default 512. It also sizes the upstream connection pool.
 	MaxDownloads int
+	// MaxStreamsPerConnection caps the calls (HTTP/2 streams) one client
+	// connection may have open at once, on both listeners, so that no one
+	// connection can take every download slot; a client's further calls
+	// wait for one of its own to end. Default
+	// [DefaultMaxStreamsPerConnection].
+	MaxStreamsPerConnection int
 	// ShutdownTimeout is how long in-flight downloads may run on after
 	// shutdown begins before they are cancelled; default 30s.
 	ShutdownTimeout time.Duration
@@ -161,6 +171,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxDownloads < 1 || cfg.MaxDownloads > 1<<20 {
 		return nil, fmt.Errorf("max downloads %d is out of range [1, %d]", cfg.MaxDownloads, 1<<20)
 	}
+	cfg.MaxStreamsPerConnection = cmp.Or(cfg.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
+	if cfg.MaxStreamsPerConnection < 1 || cfg.MaxStreamsPerConnection > 1<<20 {
+		return nil, fmt.Errorf("max streams per connection %d is out of range [1, %d]", cfg.MaxStreamsPerConnection, 1<<20)
+	}
 	up, err := upstream.New(cfg.Upstream, append([]upstream.Option{
 		upstream.WithConnectTimeout(cfg.UpstreamConnectTimeout),
 		upstream.WithHeaderTimeout(cfg.UpstreamHeaderTimeout),
@@ -184,9 +198,9 @@ func New(cfg Config) (*Server, error) {
 	hooks.stream = append(append(hooks.stream, m.grpc.StreamServerInterceptor(), s.observeStreams), sec.streamInterceptors...)
 	hooks.unary = append(hooks.unary, m.grpc.UnaryServerInterceptor())
 
-	maxStreams := uint32(cfg.MaxDownloads + streamsBeyondDownloads)
 	grpcOpts := append(append(append(cfg.Keepalive.serverOptions(),
-		grpc.MaxConcurrentStreams(maxStreams),
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConnection)),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
 		grpc.NumStreamWorkers(uint32(streamWorkers())),
 		svc.ServerOption(),
 	), hooks.serverOptions()...), sec.grpcOpts...)
@@ -214,15 +228,16 @@ func New(cfg Config) (*Server, error) {
 	s.httpServer = &http.Server{
 		Handler:           tr.restHandler(mirror),
 		ReadHeaderTimeout: 10 * time.Second,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(maxStreams)},
+		MaxHeaderBytes:    maxHeaderBytes,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreamsPerConnection},
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 
-	if s.grpcLn, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+	if s.grpcLn, err = listen(cfg.GRPCAddr); err != nil {
 		return abandon(fmt.Errorf("listen for gRPC on %s: %w", cfg.GRPCAddr, err))
 	}
-	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+	if s.httpLn, err = listen(cfg.HTTPAddr); err != nil {
 		s.grpcLn.Close()
 		return abandon(fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err))
 	}

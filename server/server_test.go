@@ -293,7 +293,7 @@ func TestLargeTokens(t *testing.T) {
 	t.Parallel()
 	s := startStack(t)
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100})
-	for _, size := range []int{12 << 10, 64 << 10} {
+	for _, size := range []int{12 << 10, 64 << 10, service.MaxTokenLength - 4} {
 		big := "MIIB" + strings.Repeat("Q", size)
 		s.Upstream.AddToken(big)
 		n := s.Upstream.RequestCount()

@@ -16,11 +16,14 @@ import (
 // token, sent upstream as X-Auth-Token.
 const TokenMetadataKey = "x-auth-token"
 
+// MaxTokenLength is the longest IAM token accepted, in bytes, as the
+// upstream's OpenAPI definition allows.
+const MaxTokenLength = 100_000
+
 // Limits on request fields, from the upstream's OpenAPI definition.
 const (
 	recordIDLength  = 36
-	maxTaskNameLen  = 1000    // characters
-	maxTokenLength  = 100_000 // bytes
+	maxTaskNameLen  = 1000 // characters
 	recordIDCharset = "0123456789abcdefghijklmnopqrstuvwxyz-"
 )
 
@@ -90,8 +93,8 @@ func tokenFromContext(ctx context.Context) (string, error) {
 		return "", &tokenError{ReasonMissingToken, "missing IAM token: send it in the request metadata key " + TokenMetadataKey + " (REST: the X-Auth-Token header)"}
 	case len(values) > 1:
 		return "", &tokenError{ReasonInvalidToken, "more than one " + TokenMetadataKey + " value: send exactly one token"}
-	case len(values[0]) > maxTokenLength:
-		return "", &tokenError{ReasonInvalidToken, fmt.Sprintf("the IAM token is %d bytes long; at most %d are accepted", len(values[0]), maxTokenLength)}
+	case len(values[0]) > MaxTokenLength:
+		return "", &tokenError{ReasonInvalidToken, fmt.Sprintf("the IAM token is %d bytes long; at most %d are accepted", len(values[0]), MaxTokenLength)}
 	}
 	token := values[0]
 	for i := range len(token) {

@@ -31,6 +31,7 @@ type config struct {
 	attempts        int
 	maxResumes      int
 	maxDownloads    int
+	maxConnStreams  int
 	demo            bool
 	obs             obsConfig     // admin endpoints, logs, keepalive (observability.go)
 	security        securityFlags // see security.go
@@ -60,6 +61,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	fs.IntVar(&cfg.attempts, "upstream-attempts", upstream.DefaultRetryPolicy.Attempts, "how many times a failing upstream request is tried (502/503/504, network busy, connection errors), the first included; 1 turns retries and resumption off")
 	fs.IntVar(&cfg.maxResumes, "upstream-max-resumes", upstream.DefaultRetryPolicy.MaxResumes, "how many times one download may resume after the upstream's body broke off")
 	fs.IntVar(&cfg.maxDownloads, "max-downloads", server.DefaultMaxDownloads, "most downloads in flight, gRPC and REST together; beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429)")
+	fs.IntVar(&cfg.maxConnStreams, "max-streams-per-connection", server.DefaultMaxStreamsPerConnection, "most calls one client connection may have open at once (HTTP/2 streams), on both listeners; further calls wait for one of its own to end")
 	addObsFlags(fs, &cfg.obs)
 	cfg.security.register(fs)
 	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
@@ -121,7 +123,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 		name     string
 		value    int
 		min, max int
-	}{{"upstream-attempts", cfg.attempts, 1, 10}, {"upstream-max-resumes", cfg.maxResumes, 0, 1000}, {"max-downloads", cfg.maxDownloads, 1, 1 << 20}} {
+	}{{"upstream-attempts", cfg.attempts, 1, 10}, {"upstream-max-resumes", cfg.maxResumes, 0, 1000}, {"max-downloads", cfg.maxDownloads, 1, 1 << 20}, {"max-streams-per-connection", cfg.maxConnStreams, 1, 1 << 20}} {
 		if n.value < n.min || n.value > n.max {
 			return nil, fmt.Errorf("--%s %d is out of range: use %d to %d", n.name, n.value, n.min, n.max)
 		}

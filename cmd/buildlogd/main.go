@@ -84,11 +84,12 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		Keepalive:       &cfg.obs.keepalive,
 		TracerProvider:  tp,
 
-		UpstreamHeaderTimeout:  cfg.headerTimeout,
-		UpstreamIdleTimeout:    cfg.idleTimeout,
-		UpstreamConnectTimeout: cfg.connectTimeout,
-		UpstreamRetry:          &retry,
-		MaxDownloads:           cfg.maxDownloads,
+		UpstreamHeaderTimeout:   cfg.headerTimeout,
+		UpstreamIdleTimeout:     cfg.idleTimeout,
+		UpstreamConnectTimeout:  cfg.connectTimeout,
+		UpstreamRetry:           &retry,
+		MaxDownloads:            cfg.maxDownloads,
+		MaxStreamsPerConnection: cfg.maxConnStreams,
 	}
 	if err := cfg.security.apply(&scfg); err != nil {
 		return err

@@ -33,7 +33,7 @@ func defaultConfig(edits ...func(*config)) config {
 		grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com",
 		chunkSize: 256 << 10, shutdownTimeout: 30 * time.Second,
 		headerTimeout: 30 * time.Second, idleTimeout: time.Minute, connectTimeout: 10 * time.Second,
-		attempts: 3, maxResumes: 8, maxDownloads: 512,
+		attempts: 3, maxResumes: 8, maxDownloads: 512, maxConnStreams: 100,
 	}
 	for _, edit := range edits {
 		edit(&c)

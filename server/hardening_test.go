@@ -1,0 +1,159 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/server"
+	"github.com/buildlog/buildlog/server/servertest"
+	"github.com/buildlog/buildlog/service"
+	"github.com/buildlog/buildlog/upstream/upstreamtest"
+)
+
+// A header list larger than the longest token allows is refused while it
+// is read, on both listeners, and never reaches the upstream.
+func TestOversizedHeadersAreRefused(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100})
+	huge := "MIIB" + strings.Repeat("Q", 2<<20)
+
+	resp, _, _ := s.Get(t, logPath("stage1"), huge)
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("REST with a 2 MiB token: HTTP %d, want 431", resp.StatusCode)
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, huge)
+	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if err == nil || !strings.Contains(status.Convert(err).Message(), "maximum size") {
+		t.Errorf("gRPC with a 2 MiB token: %v, want the header list refused for its size", err)
+	}
+
+	// A client that ignores the advertised limit has its connection closed,
+	// whether one field is too long or many fields add up to too much
+	// (golang.org/x/net/http2 closes it rather than read on), and a new
+	// connection is served.
+	var many [][2]string
+	for i := range 64 {
+		many = append(many, [2]string{fmt.Sprintf("x-padding-%d", i), strings.Repeat("p", 4<<10)})
+	}
+	for name, extra := range map[string][][2]string{"one 2 MiB field": {{"x-padding", huge}}, "64 fields of 4 KiB": many} {
+		if served, err := rawCall(s.GRPCAddr, extra); served || err == nil {
+			t.Errorf("raw HTTP/2 call with %s: served %v, %v; want the connection closed", name, served, err)
+		}
+	}
+	if n := s.Upstream.RequestCount(); n != 0 {
+		t.Errorf("the upstream got %d requests, want none", n)
+	}
+	if _, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"}); err != nil {
+		t.Errorf("a download after the refused ones: %v", err)
+	}
+}
+
+// rawCall opens an HTTP/2 connection to the gRPC server at addr and sends
+// a call with a valid token and the extra fields, in HEADERS and
+// CONTINUATION frames of 16 KiB, whatever limit the server advertised. It
+// reports whether the server answered the call, and the error that ended
+// the connection.
+func rawCall(addr string, extra [][2]string) (served bool, err error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range append([][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/buildlog.v1.BuildLogService/DownloadTaskLog"},
+		{":authority", addr}, {"content-type", "application/grpc"}, {"te", "trailers"}, {service.TokenMetadataKey, servertest.Token}}, extra...) {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	b := block.Bytes()
+	fr := http2.NewFramer(conn, conn)
+	conn.Write([]byte(http2.ClientPreface))
+	fr.WriteSettings()
+	first := b[:min(len(b), 16<<10)]
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: first, EndHeaders: len(first) == len(b), EndStream: true})
+	for b = b[len(first):]; len(b) > 0; {
+		n := min(len(b), 16<<10)
+		fr.WriteContinuation(1, n == len(b), b[:n])
+		b = b[n:]
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return false, err
+		}
+		switch f := f.(type) {
+		case *http2.HeadersFrame:
+			return true, nil
+		case *http2.GoAwayFrame:
+			return false, fmt.Errorf("GOAWAY %v", f.ErrCode)
+		}
+	}
+}
+
+// One connection cannot take every download slot: its calls beyond
+// MaxStreamsPerConnection wait for one of its own to end, while another
+// connection is served.
+func TestOneConnectionCannotTakeEverySlot(t *testing.T) {
+	t.Parallel()
+	s := servertest.StartWith(t, func(c *server.Config) {
+		c.MaxDownloads, c.MaxStreamsPerConnection, c.ChunkSize = 6, 3, 4<<10
+	})
+	s.Upstream.AddLog(recordID, "big", upstreamtest.Log{Size: 64 << 20})
+	s.Upstream.AddLog(recordID, "small", upstreamtest.Log{Size: 100})
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, servertest.Token))
+	defer cancel()
+	for range 3 {
+		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "big"})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests := s.Upstream.RequestCount()
+	waiting, cancelWaiting := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelWaiting()
+	stream, err := s.Client.DownloadTaskLog(waiting, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "small"})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.DeadlineExceeded || s.Upstream.RequestCount() != requests {
+		t.Errorf("a fourth call on the connection: %v after %d upstream requests; want it to wait (DEADLINE_EXCEEDED), unstarted",
+			err, s.Upstream.RequestCount()-requests)
+	}
+
+	other, err := grpc.NewClient(s.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	stream, err = buildlogv1.NewBuildLogServiceClient(other).DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "small"})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("a call on another connection: %v, want it served", err)
+	}
+}
