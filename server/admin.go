@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/buildlog/buildlog/internal/liblog"
 )
 
 // DefaultAdminAddr is the default listen address of the admin endpoints;
@@ -69,7 +70,7 @@ func (s *Server) listenAdmin() error {
 	s.adminServer = &http.Server{
 		Handler:           s.adminHandler(),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+		ErrorLog:          liblog.ErrorLog(s.cfg.Logger),
 	}
 	return nil
 }

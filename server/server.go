@@ -28,6 +28,7 @@ import (
 
 	"github.com/buildlog/buildlog/gateway"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/liblog"
 	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream"
 )
@@ -231,7 +232,7 @@ func New(cfg Config) (*Server, error) {
 		MaxHeaderBytes:    maxHeaderBytes,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreamsPerConnection},
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		ErrorLog:          liblog.ErrorLog(cfg.Logger),
 	}
 
 	if s.grpcLn, err = listen(cfg.GRPCAddr); err != nil {

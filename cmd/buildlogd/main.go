@@ -18,8 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/grpclog"
-
+	"github.com/buildlog/buildlog/internal/liblog"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/upstream"
 )
@@ -27,10 +26,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// grpclog is process-wide and must be set before gRPC starts, so it is
-	// set here rather than in run, which tests call concurrently.
+	// The libraries' loggers are process-wide and must be set before gRPC
+	// starts, so they are set here rather than in run, which tests call
+	// concurrently.
 	if cfg, err := parseConfig(os.Args[1:], os.LookupEnv, io.Discard); err == nil {
-		grpclog.SetLoggerV2(newGRPCLogger(cfg.obs.newLogger(os.Stderr)))
+		liblog.Install(cfg.obs.newLogger(os.Stderr))
 	}
 	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"strings"
@@ -106,32 +104,5 @@ func TestTracerProviderOffByDefault(t *testing.T) {
 	defer span.End()
 	if span.IsRecording() || span.SpanContext().IsValid() {
 		t.Error("with no OTEL_* settings spans are recorded; want tracing off")
-	}
-}
-
-func TestGRPCLoggerLevels(t *testing.T) {
-	t.Parallel()
-	var buf bytes.Buffer
-	g := newGRPCLogger(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	g.Infof("[core] channel %d connectivity READY", 1)
-	g.Errorf("Failed to flush response to client: %v", "write: broken pipe")
-	g.Warning("deprecated setting")
-	var got []string
-	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
-		var rec struct{ Level, Msg, Logger string }
-		if err := json.Unmarshal([]byte(line), &rec); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		got = append(got, rec.Level+" "+rec.Logger+" "+rec.Msg)
-	}
-	want := []string{
-		"WARN grpc Failed to flush response to client: write: broken pipe",
-		"WARN grpc deprecated setting",
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("grpclog lines at info level (-want +got):\n%s", diff)
-	}
-	if g.V(0) || g.V(2) {
-		t.Error("V() true at info level; want verbose gRPC logs only at debug")
 	}
 }

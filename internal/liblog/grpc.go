@@ -1,4 +1,4 @@
-package main
+package liblog
 
 import (
 	"context"
@@ -10,7 +10,8 @@ import (
 )
 
 // grpcLogger routes grpc-go's and grpc-gateway's own logs (grpclog) into
-// buildlogd's structured log, instead of plain text on stderr.
+// buildlogd's structured log, instead of plain text on stderr, through
+// [Limit].
 //
 // Levels are shifted down one step: grpc-go's info lines are connection
 // chatter (debug here), and both libraries report a peer's failures, such
@@ -21,12 +22,14 @@ type grpcLogger struct{ l *slog.Logger }
 
 var _ grpclog.LoggerV2 = grpcLogger{}
 
-func newGRPCLogger(l *slog.Logger) grpcLogger {
-	return grpcLogger{l.With("logger", "grpc")}
+// NewGRPCLogger returns the grpclog logger that writes to l, as [Install]
+// sets it.
+func NewGRPCLogger(l *slog.Logger) grpclog.LoggerV2 {
+	return grpcLogger{Limit(l.With("logger", "grpc"))}
 }
 
 func (g grpcLogger) log(level slog.Level, msg string) {
-	g.l.Log(context.Background(), level, msg)
+	g.l.Log(context.Background(), level, capLine(msg))
 }
 
 func (g grpcLogger) Info(args ...any)   { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
