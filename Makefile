@@ -26,6 +26,7 @@ lint:
 ## test: the whole test suite with the race detector (the README's command)
 test:
 	go test -race ./...
+	cd upstream/sdkcompat && go test ./...
 
 ## bench: relay benchmark (sizes × concurrency × paths, against a reverse
 ## proxy; see bench/README.md), memory targets and Go benchmarks

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/auth/signer"
-
 	"github.com/buildlog/buildlog/upstream"
 )
 
@@ -52,7 +50,8 @@ func (a *authState) clock() time.Time {
 
 // AddAKSK makes the server accept requests signed (SDK-HMAC-SHA256) with
 // the access key ak and secret key sk. It verifies a signature by signing
-// the request it received again with the official SDK's signer.
+// the request it received again with [upstream.SignRequest], which signs
+// as the official SDK's signer does.
 func (s *Server) AddAKSK(ak, sk string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -155,20 +154,15 @@ func (s *Server) validSignature(r *http.Request) bool {
 	}
 	sk, ok := s.auth.keys[params["Access"]]
 	signed := strings.Split(params["SignedHeaders"], ";")
-	if !ok || !containsFold(signed, signer.HeaderXDate) {
+	if !ok || !containsFold(signed, upstream.SigningDateHeader) {
 		return false
 	}
-	date, err := time.Parse(signer.BasicDateFormat, r.Header.Get(signer.HeaderXDate))
+	date, err := time.Parse(upstream.SigningDateFormat, r.Header.Get(upstream.SigningDateHeader))
 	if skew := s.auth.clock().Sub(date).Abs(); err != nil || skew > maxSigningSkew {
 		return false
 	}
-	received := r.Clone(r.Context())
-	received.URL.Scheme, received.URL.Host = "http", r.Host
-	if r.TLS != nil {
-		received.URL.Scheme = "https"
-	}
-	want, err := signer.Sign(upstream.SigningRequest(received, signed), params["Access"], sk)
-	return err == nil && hmac.Equal([]byte(want[signer.HeaderAuthorization]), []byte(auth))
+	want := upstream.SignRequest(r, params["Access"], sk, signed, date)
+	return hmac.Equal([]byte(want), []byte(auth))
 }
 
 func containsFold(list []string, s string) bool {
