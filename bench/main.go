@@ -288,7 +288,7 @@ func startPaths(bin binaries, upstreamURL string, o options, conc int, profile s
 		// The gRPC path carries a whole cell's downloads on one connection,
 		// as the floor server does: no per-connection cap may queue them.
 		args := []string{"--upstream", upstreamURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off",
-			"--max-streams-per-connection", strconv.Itoa(server.DefaultMaxDownloads)}
+			"--max-streams-per-connection", strconv.Itoa(server.DefaultConfig().MaxDownloads)}
 		if o.chunk > 0 {
 			args = append(args, "--chunk-size", strconv.FormatInt(o.chunk, 10))
 		}

@@ -16,9 +16,9 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/internal/benchproc"
-	"github.com/buildlog/buildlog/service"
 )
 
 // path is one way to download a log.
@@ -54,7 +54,7 @@ func httpFetch(c *http.Client, base string) func(int64, io.Writer) (int64, error
 }
 
 func grpcFetch(c buildlogv1.BuildLogServiceClient) func(int64, io.Writer) (int64, error) {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, token)
 	return func(size int64, w io.Writer) (int64, error) {
 		stream, err := c.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID(size), TaskName: task})
 		if err != nil {

@@ -25,7 +25,7 @@ const profileEnv = benchproc.ProfileEnv
 // serveProxy serves httputil.ReverseProxy in front of target until
 // interrupted. It is what a user could run instead of buildlogd's REST
 // mirror: default settings, except that it keeps as many idle upstream
-// connections as buildlogd does (server.DefaultMaxDownloads), so
+// connections as buildlogd does (server.DefaultConfig().MaxDownloads), so
 // concurrency measures relaying rather than connection set-up.
 func serveProxy(target string) error {
 	u, err := url.Parse(target)
@@ -33,8 +33,8 @@ func serveProxy(target string) error {
 		return err
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConns = server.DefaultMaxDownloads
-	transport.MaxIdleConnsPerHost = server.DefaultMaxDownloads
+	transport.MaxIdleConns = server.DefaultConfig().MaxDownloads
+	transport.MaxIdleConnsPerHost = server.DefaultConfig().MaxDownloads
 	proxy := &httputil.ReverseProxy{
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u) },
 		Transport: transport,

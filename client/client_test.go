@@ -17,10 +17,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/buildlog/buildlog/api"
 	"github.com/buildlog/buildlog/client"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server/servertest"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -29,7 +29,7 @@ const recordID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 // receiveAll downloads the stage1 log over conn and returns every message.
 func receiveAll(t *testing.T, conn *grpc.ClientConn, req *buildlogv1.DownloadTaskLogRequest) []*buildlogv1.DownloadTaskLogResponse {
 	t.Helper()
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, servertest.Token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, servertest.Token)
 	stream, err := buildlogv1.NewBuildLogServiceClient(conn).DownloadTaskLog(ctx, req)
 	if err != nil {
 		t.Fatal(err)

@@ -3,19 +3,7 @@ package gateway
 import (
 	"strconv"
 	"strings"
-
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	"github.com/buildlog/buildlog/service"
 )
-
-// ReasonRangeNotSatisfiable is the ErrorInfo reason (and, with
-// [LocalErrorCodePrefix], the error_code) of a Range the mirror cannot
-// answer: one that starts at or past the end of the log, or any Range of a
-// log whose length the upstream did not tell.
-const ReasonRangeNotSatisfiable = "RANGE_NOT_SATISFIABLE"
 
 // byteRange is the Range of a request: from first to last inclusive, or to
 // the end of the log when last is -1.
@@ -68,15 +56,4 @@ func (r byteRange) limit() int64 {
 		return 0
 	}
 	return r.last - r.first + 1
-}
-
-// rangeError is the status of a Range the mirror cannot answer; size is the
-// log's length, or -1 when unknown.
-func rangeError(msg string, size int64) error {
-	info := &errdetails.ErrorInfo{Reason: ReasonRangeNotSatisfiable, Domain: service.ErrorDomain}
-	if size >= 0 {
-		info.Metadata = map[string]string{service.MetadataLogSize: strconv.FormatInt(size, 10)}
-	}
-	st, _ := status.New(codes.OutOfRange, msg).WithDetails(info)
-	return st.Err()
 }

@@ -14,13 +14,6 @@ import (
 	"github.com/buildlog/buildlog/internal/liblog"
 )
 
-// DefaultAdminAddr is the default listen address of the admin endpoints;
-// [AdminOff] turns them off.
-const (
-	DefaultAdminAddr = ":9091"
-	AdminOff         = "off"
-)
-
 // adminHandler serves the operator's endpoints:
 //
 //   - /healthz: liveness, 200 while the process can answer at all.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/buildlog/buildlog/api"
 	"github.com/buildlog/buildlog/client"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/internal/benchproc"
@@ -99,7 +100,7 @@ func clientWithCodec(b *testing.B, s *servertest.Stack) buildlogv1.BuildLogServi
 // fetchGRPC downloads the stage1 log over gRPC, failing b unless it has
 // size bytes.
 func fetchGRPC(b *testing.B, c buildlogv1.BuildLogServiceClient, size int) {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, token)
 	stream, err := c.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err != nil {
 		b.Fatal(err)

@@ -16,10 +16,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
@@ -72,23 +72,23 @@ func TestFaults(t *testing.T) {
 			faults: func(*servertest.Stack) []upstreamtest.Fault {
 				return times(-1, upstreamtest.Fault{Status: 502, Body: "<html>bad gateway</html>"})
 			},
-			want: faultOutcome{code: codes.Unavailable, reason: service.ReasonUpstreamUnavailable, httpStatus: 503, requests: 3}},
+			want: faultOutcome{code: codes.Unavailable, reason: api.ReasonUpstreamUnavailable, httpStatus: 502, requests: 3}},
 		{name: "no headers within the header timeout, every attempt",
 			faults: func(*servertest.Stack) []upstreamtest.Fault { return times(-1, upstreamtest.Fault{Delay: time.Hour}) },
-			want:   faultOutcome{code: codes.Unavailable, reason: service.ReasonUpstreamTimeout, httpStatus: 503, requests: 3}},
+			want:   faultOutcome{code: codes.Unavailable, reason: api.ReasonUpstreamTimeout, httpStatus: 504, requests: 3}},
 		{name: "throttled 429: no retry",
 			faults: func(*servertest.Stack) []upstreamtest.Fault { return once(upstreamtest.Throttled(2 * time.Second)) },
-			want:   faultOutcome{code: codes.ResourceExhausted, reason: service.ReasonUpstreamThrottled, httpStatus: 429, requests: 1}},
+			want:   faultOutcome{code: codes.ResourceExhausted, reason: api.ReasonUpstreamThrottled, httpStatus: 429, requests: 1}},
 		{name: "throttled as a 500 CB.00060211: no retry",
 			faults: func(*servertest.Stack) []upstreamtest.Fault {
 				return once(upstreamtest.ErrorFault(500, "CB.00060211", "too many requests"))
 			},
-			want: faultOutcome{code: codes.ResourceExhausted, reason: service.ReasonUpstreamThrottled, httpStatus: 429, requests: 1}},
+			want: faultOutcome{code: codes.ResourceExhausted, reason: api.ReasonUpstreamThrottled, httpStatus: 429, requests: 1}},
 		{name: "token rejected 401: no retry",
 			faults: func(*servertest.Stack) []upstreamtest.Fault {
 				return once(upstreamtest.ErrorFault(401, upstreamtest.AuthFailedCode, "token expired"))
 			},
-			want: faultOutcome{code: codes.Unauthenticated, reason: service.ReasonUpstreamUnauthenticated, httpStatus: 401, requests: 1}},
+			want: faultOutcome{code: codes.Unauthenticated, reason: api.ReasonUpstreamUnauthenticated, httpStatus: 401, requests: 1}},
 		{name: "cut mid-body",
 			faults: func(*servertest.Stack) []upstreamtest.Fault {
 				return once(upstreamtest.Fault{Cut: true, CutAfter: 300_000})
@@ -119,19 +119,19 @@ func TestFaults(t *testing.T) {
 			faults: func(*servertest.Stack) []upstreamtest.Fault {
 				return times(-1, upstreamtest.Fault{Cut: true, CutAfter: 100_000})
 			},
-			want: faultOutcome{code: codes.Unavailable, reason: service.ReasonUpstreamInterrupted, httpStatus: 200, restCut: true, requests: 1 + faultPolicy.MaxResumes}},
+			want: faultOutcome{code: codes.Unavailable, reason: api.ReasonUpstreamInterrupted, httpStatus: 200, restCut: true, requests: 1 + faultPolicy.MaxResumes}},
 		{name: "cut, then the resumption answers 401",
 			faults: func(*servertest.Stack) []upstreamtest.Fault {
 				return []upstreamtest.Fault{{Cut: true, CutAfter: 100_000}, upstreamtest.ErrorFault(401, upstreamtest.AuthFailedCode, "token expired")}
 			},
-			want: faultOutcome{code: codes.Unavailable, reason: service.ReasonUpstreamInterrupted, httpStatus: 200, restCut: true, requests: 2}},
+			want: faultOutcome{code: codes.Unavailable, reason: api.ReasonUpstreamInterrupted, httpStatus: 200, restCut: true, requests: 2}},
 		{name: "the log changes between a cut and its resumption",
 			faults: func(s *servertest.Stack) []upstreamtest.Fault {
 				return once(upstreamtest.Fault{Cut: true, CutAfter: 100_000, After: func() {
 					s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 2 * size})
 				}})
 			},
-			want: faultOutcome{code: codes.Aborted, reason: service.ReasonLogChanged, httpStatus: 200, restCut: true, requests: 2}},
+			want: faultOutcome{code: codes.Aborted, reason: api.ReasonLogChanged, httpStatus: 200, restCut: true, requests: 2}},
 		{name: "the caller's deadline passes first", deadline: 200 * time.Millisecond,
 			faults: func(*servertest.Stack) []upstreamtest.Fault { return once(upstreamtest.Fault{Delay: time.Hour}) },
 			// The caller's own deadline ends the call: grpc-go reports it
@@ -142,7 +142,7 @@ func TestFaults(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			s := servertest.StartWith(t, func(c *server.Config) {
-				c.UpstreamRetry = &faultPolicy
+				c.UpstreamRetry = faultPolicy
 				// Short enough for the stall and header faults, long enough
 				// that a loaded machine does not trip them elsewhere.
 				c.UpstreamHeaderTimeout = time.Second
@@ -183,7 +183,7 @@ func TestFaults(t *testing.T) {
 
 func checkGRPCOutcome(t *testing.T, s *servertest.Stack, deadline time.Duration, full []byte, want faultOutcome) {
 	t.Helper()
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, servertest.Token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, servertest.Token)
 	if deadline > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, deadline)

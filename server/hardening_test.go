@@ -19,10 +19,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -38,7 +38,7 @@ func TestOversizedHeadersAreRefused(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("REST with a 2 MiB token: HTTP %d, want 431", resp.StatusCode)
 	}
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, huge)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, huge)
 	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err == nil {
 		_, err = stream.Recv()
@@ -83,7 +83,7 @@ func rawCall(addr string, extra [][2]string) (served bool, err error) {
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	for _, f := range append([][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/buildlog.v1.BuildLogService/DownloadTaskLog"},
-		{":authority", addr}, {"content-type", "application/grpc"}, {"te", "trailers"}, {service.TokenMetadataKey, servertest.Token}}, extra...) {
+		{":authority", addr}, {"content-type", "application/grpc"}, {"te", "trailers"}, {api.TokenMetadataKey, servertest.Token}}, extra...) {
 		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	b := block.Bytes()
@@ -121,7 +121,7 @@ func TestOneConnectionCannotTakeEverySlot(t *testing.T) {
 	})
 	s.Upstream.AddLog(recordID, "big", upstreamtest.Log{Size: 64 << 20})
 	s.Upstream.AddLog(recordID, "small", upstreamtest.Log{Size: 100})
-	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, servertest.Token))
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, servertest.Token))
 	defer cancel()
 	for range 3 {
 		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "big"})

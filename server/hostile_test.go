@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -97,7 +97,7 @@ func TestHostileInputIsRefusedBeforeTheUpstream(t *testing.T) {
 		conn.Close()
 	}
 	for _, tok := range []string{"space inside", strings.Repeat("x", 100_001)} {
-		ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, tok)
+		ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, tok)
 		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 		if err == nil {
 			_, err = stream.Recv()

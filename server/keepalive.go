@@ -14,27 +14,22 @@ import (
 type Keepalive struct {
 	// Time is how long a connection may be silent before the server pings
 	// the client, and Timeout how long it waits for the answer before it
-	// closes the connection; defaults 1m and 20s.
+	// closes the connection.
 	Time    time.Duration
 	Timeout time.Duration
 	// MinTime is the shortest interval between client pings the server
 	// tolerates (a client pinging more often is disconnected with
-	// ENHANCE_YOUR_CALM); default 10s. PermitWithoutStream allows client
-	// pings on connections with no call in progress; default true, since
-	// clients of other languages often keep idle connections warm this way.
+	// ENHANCE_YOUR_CALM). PermitWithoutStream allows client pings on
+	// connections with no call in progress, as clients of other languages
+	// often keep idle connections warm this way.
 	MinTime             time.Duration
 	PermitWithoutStream bool
 	// MaxConnectionAge is how long a connection may live before the server
-	// asks the client to reconnect (GOAWAY); 0 means forever, the default.
+	// asks the client to reconnect (GOAWAY); 0 means forever.
 	// MaxConnectionAgeGrace is how long calls in progress then have to
 	// finish before the connection is closed; 0 means as long as they need.
 	MaxConnectionAge      time.Duration
 	MaxConnectionAgeGrace time.Duration
-}
-
-// DefaultKeepalive returns the defaults of [Keepalive].
-func DefaultKeepalive() Keepalive {
-	return Keepalive{Time: time.Minute, Timeout: 20 * time.Second, MinTime: 10 * time.Second, PermitWithoutStream: true}
 }
 
 // serverOptions turns k into gRPC server options. Zero durations keep

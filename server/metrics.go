@@ -7,13 +7,8 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-)
 
-// Paths a download takes, the "path" label of the relay metrics: gRPC
-// callers, and REST callers whose calls reach the service in-process.
-const (
-	pathGRPC = "grpc"
-	pathREST = "rest"
+	"github.com/buildlog/buildlog/service"
 )
 
 // metrics are buildlogd's Prometheus collectors, on a registry of their own
@@ -28,6 +23,10 @@ type metrics struct {
 	upstreamResumes  prometheus.Counter
 	relayedBytes     *prometheus.CounterVec
 	activeStreams    *prometheus.GaugeVec
+	restDuration     *prometheus.HistogramVec
+	// The series of relayedBytes and activeStreams for each transport.
+	relayed map[service.Transport]prometheus.Counter
+	active  map[service.Transport]prometheus.Gauge
 }
 
 // latencyBuckets cover a fast upstream answer (5 ms) to the default header
@@ -69,18 +68,25 @@ func newMetrics() *metrics {
 			Name: "buildlog_active_streams",
 			Help: "Downloads in progress, by path (grpc, or rest for the REST mirror).",
 		}, []string{"path"}),
+		restDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "http_server_request_duration_seconds",
+			Help:    "Duration of the REST mirror's HTTP requests, whole body included, by method, route and response status.",
+			Buckets: downloadBuckets,
+		}, []string{"http_request_method", "http_route", "http_response_status_code"}),
+		relayed: map[service.Transport]prometheus.Counter{},
+		active:  map[service.Transport]prometheus.Gauge{},
 	}
 	m.registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.grpc, m.upstreamRequests, m.upstreamLatency, m.upstreamRetries, m.upstreamResumes,
-		m.relayedBytes, m.activeStreams,
+		m.relayedBytes, m.activeStreams, m.restDuration,
 	)
-	// Both paths show from the start, so rate() and alerts see zeros rather
-	// than missing series.
-	for _, p := range []string{pathGRPC, pathREST} {
-		m.relayedBytes.WithLabelValues(p)
-		m.activeStreams.WithLabelValues(p)
+	// Both transports show from the start, so rate() and alerts see zeros
+	// rather than missing series.
+	for _, t := range []service.Transport{service.GRPC, service.REST} {
+		m.relayed[t] = m.relayedBytes.WithLabelValues(string(t))
+		m.active[t] = m.activeStreams.WithLabelValues(string(t))
 	}
 	return m
 }

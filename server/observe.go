@@ -1,74 +1,68 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
-	"strings"
+	"net/http"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/codes"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/service"
 )
 
-// observeStreams is the stream interceptor behind the access log and the
-// relay metrics: it counts the log bytes each download sends and the
-// downloads in progress, and logs one line when a stream ends.
-//
-// It reads only the request's fields and the responses' sizes and
-// metadata: never the call's metadata, which holds the caller's token.
-func (s *Server) observeStreams(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx := ss.Context()
-	path := callPath(ctx)
-	download := strings.HasPrefix(info.FullMethod, "/"+buildlogv1.BuildLogService_ServiceDesc.ServiceName+"/")
-	if download {
-		active := s.metrics.activeStreams.WithLabelValues(path)
-		active.Inc()
-		defer active.Dec()
-	}
-	obs := &observedStream{ServerStream: ss, relayed: s.metrics.relayedBytes.WithLabelValues(path)}
-	start := time.Now()
-	err := handler(srv, obs)
-	elapsed := time.Since(start)
+// downloadMethod names the RPC of a download in the access log, whichever
+// transport it came by.
+var downloadMethod = "/" + buildlogv1.BuildLogService_ServiceDesc.ServiceName + "/DownloadTaskLog"
 
-	level := slog.LevelInfo
-	if !download {
-		// Health watches and reflection are the mesh's and tools' chatter.
-		level = slog.LevelDebug
+// observer is the service's observer: the access log, one line per
+// download (refused ones included), and the relay metrics. It reads the
+// request's fields and the outcome only: never the caller's metadata,
+// which holds its token.
+type observer struct {
+	logger  *slog.Logger
+	metrics *metrics
+}
+
+func (o observer) Relayed(t service.Transport, n int) { o.metrics.relayed[t].Add(float64(n)) }
+
+func (o observer) Started(t service.Transport) { o.metrics.active[t].Inc() }
+
+func (o observer) Ended(ctx context.Context, e *service.Ended) {
+	if e.Admitted {
+		o.metrics.active[e.Transport].Dec()
 	}
-	if !s.cfg.Logger.Enabled(ctx, level) {
-		return err
+	if e.Abandoned || !o.logger.Enabled(ctx, slog.LevelInfo) {
+		return
 	}
-	st := status.Convert(err)
+	code := codes.OK
+	if e.Err != nil {
+		code = e.Err.Code
+	}
 	attrs := []slog.Attr{
-		slog.String("method", info.FullMethod),
-		slog.String("path", path),
-		slog.String("code", st.Code().String()),
-		slog.Int64("bytes", obs.bytes),
-		slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+		slog.String("method", downloadMethod),
+		slog.String("path", string(e.Transport)),
+		slog.String("code", code.String()),
+		slog.Int64("bytes", e.Bytes),
+		slog.Float64("duration_ms", float64(e.Duration.Microseconds())/1000),
+		slog.String("record_id", e.Request.GetRecordId()),
+		slog.String("task_name", e.Request.GetTaskName()),
+		slog.Int64("offset", e.Request.GetOffset()),
+		slog.Int64("limit", e.Request.GetLimit()),
 	}
-	if obs.req != nil {
-		attrs = append(attrs,
-			slog.String("record_id", obs.req.GetRecordId()),
-			slog.String("task_name", obs.req.GetTaskName()),
-			slog.Int64("offset", obs.req.GetOffset()),
-			slog.Int64("limit", obs.req.GetLimit()))
-	}
-	requestID := obs.requestID
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.ErrorInfo:
-			attrs = append(attrs, slog.String("reason", d.GetReason()))
-			if c := d.GetMetadata()["upstreamErrorCode"]; c != "" {
-				attrs = append(attrs, slog.String("upstream_error_code", c))
-			}
-		case *errdetails.RequestInfo:
-			if requestID == "" {
-				requestID = d.GetRequestId()
-			}
+	requestID := e.RequestID
+	if e.Err != nil {
+		attrs = append(attrs, slog.String("reason", e.Err.Reason))
+		if c := e.Err.Metadata[api.MetadataUpstreamErrorCode]; c != "" {
+			attrs = append(attrs, slog.String("upstream_error_code", c))
+		}
+		if requestID == "" {
+			requestID = e.Err.Metadata[api.MetadataRequestID]
 		}
 	}
 	if requestID != "" {
@@ -77,46 +71,45 @@ func (s *Server) observeStreams(srv any, ss grpc.ServerStream, info *grpc.Stream
 	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
 		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
 	}
-	s.cfg.Logger.LogAttrs(ctx, level, "stream", attrs...)
-	return err
+	o.logger.LogAttrs(ctx, slog.LevelInfo, "stream", attrs...)
 }
 
-// callPath tells REST mirror calls, which the in-process server marks
-// (inprocContext), from gRPC callers'.
-func callPath(ctx context.Context) string {
-	if isInprocCall(ctx) {
-		return pathREST
+// restMetrics counts the REST mirror's requests by method, route and
+// status, and times them: the HTTP server metric of OpenTelemetry's
+// semantic conventions, http.server.request.duration.
+func (m *metrics) restMetrics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			// Also when the handler aborts the response (a failure after the
+			// first byte): the status is the one sent.
+			m.restDuration.WithLabelValues(r.Method, restRoute(r), strconv.Itoa(cmp.Or(sw.status, http.StatusOK))).Observe(time.Since(start).Seconds())
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}
+
+// statusWriter notes the status of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
 	}
-	return pathGRPC
+	w.ResponseWriter.WriteHeader(code)
 }
 
-// observedStream notes a download's request, the log bytes sent and the
-// upstream request id of its first message.
-type observedStream struct {
-	grpc.ServerStream
-	relayed   interface{ Add(float64) }
-	req       *buildlogv1.DownloadTaskLogRequest
-	bytes     int64
-	requestID string
-}
-
-func (s *observedStream) RecvMsg(m any) error {
-	err := s.ServerStream.RecvMsg(m)
-	if req, ok := m.(*buildlogv1.DownloadTaskLogRequest); ok && err == nil {
-		s.req = req
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
 	}
-	return err
+	return w.ResponseWriter.Write(p)
 }
 
-func (s *observedStream) SendMsg(m any) error {
-	err := s.ServerStream.SendMsg(m)
-	if resp, ok := m.(*buildlogv1.DownloadTaskLogResponse); ok && err == nil {
-		n := len(resp.GetData())
-		s.bytes += int64(n)
-		s.relayed.Add(float64(n))
-		if md := resp.GetMetadata(); md != nil && s.requestID == "" {
-			s.requestID = md.GetRequestId()
-		}
-	}
-	return err
-}
+// Unwrap lets http.ResponseController reach the writer's Flush and
+// deadlines.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -24,10 +26,10 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -166,7 +168,7 @@ func TestReadyzFailsWhileDraining(t *testing.T) {
 	s := startStack(t)
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
 	s.Upstream.Inject(upstreamtest.Fault{Stall: true, StallAfter: 16 << 10})
-	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token))
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, token))
 	defer cancel()
 	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err != nil {
@@ -215,11 +217,12 @@ func TestMetricsAfterTraffic(t *testing.T) {
 
 	// A REST call's metrics are recorded as its handler returns, which may
 	// be a moment after the client has the last byte: wait for them.
+	rest := map[string]string{"http_request_method": "GET", "http_route": "/v4/{record_id}/task-log", "http_response_status_code": "200"}
 	_, families := scrape(t, s)
 	for range 250 {
-		handled, _ := metricValue(families, "grpc_server_handled_total", map[string]string{"grpc_method": "DownloadTaskLog", "grpc_code": "OK"})
+		handled, _ := metricValue(families, "http_server_request_duration_seconds", rest)
 		active, _ := metricValue(families, "buildlog_active_streams", map[string]string{"path": "rest"})
-		if handled == 2 && active == 0 {
+		if handled == 1 && active == 0 {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -237,10 +240,11 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		{"buildlog_upstream_requests_total", map[string]string{"status": "200", "error_code": ""}, 2},
 		{"buildlog_upstream_requests_total", map[string]string{"status": "404", "error_code": upstreamtest.NotFoundCode}, 1},
 		{"buildlog_upstream_response_seconds", map[string]string{"status": "200"}, 2},
-		// Two gRPC calls from the test; the REST call is a gRPC call too.
-		{"grpc_server_handled_total", map[string]string{"grpc_method": "DownloadTaskLog", "grpc_code": "OK"}, 2},
+		// The two gRPC calls; the REST call has HTTP metrics of its own.
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "DownloadTaskLog", "grpc_code": "OK"}, 1},
 		{"grpc_server_handled_total", map[string]string{"grpc_method": "DownloadTaskLog", "grpc_code": "NotFound"}, 1},
-		{"grpc_server_handling_seconds", map[string]string{"grpc_method": "DownloadTaskLog"}, 3},
+		{"grpc_server_handling_seconds", map[string]string{"grpc_method": "DownloadTaskLog"}, 2},
+		{"http_server_request_duration_seconds", rest, 1},
 	} {
 		if got, ok := metricValue(families, c.name, c.labels); !ok || got != c.want {
 			t.Errorf("%s%v = %v (present: %v), want %v", c.name, c.labels, got, ok, c.want)
@@ -266,7 +270,7 @@ func TestLogsAndMetricsNeverHoldTokens(t *testing.T) {
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
 
 	grpcCall := func(tok, task string) error {
-		ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, tok, "traceparent", traceparent)
+		ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, tok, "traceparent", traceparent)
 		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: task})
 		if err != nil {
 			return err
@@ -384,25 +388,26 @@ func TestTraceReachesUpstream(t *testing.T) {
 		if len(parts) == 4 && parts[2] == "b7ad6b7169203331" {
 			t.Errorf("%s: upstream got the caller's own span id: buildlogd's spans are missing from the trace", tc.name)
 		}
-		// The service's span ends when its stream does, which on the REST
-		// path may follow the response by a moment: wait for it.
-		var joined string
+		// Each transport's server span, and the upstream request's span as
+		// its child. The REST span ends as its handler returns, which may be
+		// a moment after the client has the last byte: wait for it.
+		serverSpan := map[string]string{"grpc": "buildlog.v1.BuildLogService/DownloadTaskLog", "rest": "GET /v4/{record_id}/task-log"}[tc.name]
+		var spans map[string]sdktrace.ReadOnlySpan
 		for range 500 {
-			var names []string
-			for _, span := range exporter.GetSpans() {
-				if span.SpanContext.TraceID().String() == tc.traceID {
-					names = append(names, span.Name)
+			spans = map[string]sdktrace.ReadOnlySpan{}
+			for _, span := range exporter.GetSpans().Snapshots() {
+				if span.SpanContext().TraceID().String() == tc.traceID {
+					spans[span.Name()] = span
 				}
 			}
-			if joined = strings.Join(names, ", "); strings.Contains(joined, "BuildLogService/DownloadTaskLog") {
+			if spans[serverSpan] != nil {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		for _, want := range []string{"buildlog.v1.BuildLogService/DownloadTaskLog", "upstream GET /v4/{record_id}/task-log"} {
-			if !strings.Contains(joined, want) {
-				t.Errorf("%s: spans in the trace: %s; want one named %q", tc.name, joined, want)
-			}
+		srv, up := spans[serverSpan], spans["upstream GET /v4/{record_id}/task-log"]
+		if srv == nil || up == nil || up.Parent().SpanID() != srv.SpanContext().SpanID() || srv.Parent().SpanID().String() != "b7ad6b7169203331" {
+			t.Errorf("%s: spans in the trace: %v; want %q, child of the caller's, and the upstream request's as its child", tc.name, slices.Collect(maps.Keys(spans)), serverSpan)
 		}
 	}
 }
@@ -410,7 +415,7 @@ func TestTraceReachesUpstream(t *testing.T) {
 // TestTraceContextPassesThroughWithTracingOff checks that with tracing off
 // (no TracerProvider), when none of OpenTelemetry's instrumentation runs, a
 // caller's trace context still reaches the upstream unchanged, through
-// gRPC and through the REST mirror's in-process hop, and that a call
+// gRPC and through the REST mirror, and that a call
 // without one sends none.
 func TestTraceContextPassesThroughWithTracingOff(t *testing.T) {
 	t.Parallel()
@@ -499,7 +504,7 @@ func TestRetryAndResumeMetrics(t *testing.T) {
 // grpcFetch downloads the stage1 log over gRPC with the token and the
 // metadata pairs kv, discarding it.
 func grpcFetch(s *servertest.Stack, kv ...string) error {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), append([]string{service.TokenMetadataKey, token}, kv...)...)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), append([]string{api.TokenMetadataKey, token}, kv...)...)
 	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err != nil {
 		return err

@@ -23,10 +23,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
@@ -114,13 +114,9 @@ func startSecure(t *testing.T, o stackOptions) *secureStack {
 	s.up.AddAKSK(accessKey, secretKey)
 	s.up.AddIAMUser(upstreamtest.IAMUser{Domain: "acme", Name: "bot", Password: iamPassword, ProjectID: projectID})
 	s.up.AddLog(recordID, "stage1", upstreamtest.Log{Content: []byte(logContent)})
-	cfg := server.Config{
-		GRPCAddr:  "127.0.0.1:0",
-		HTTPAddr:  "127.0.0.1:0",
-		AdminAddr: "127.0.0.1:0",
-		Upstream:  s.up.URL,
-		Logger:    slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.AdminAddr, cfg.Upstream = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", s.up.URL
+	cfg.Logger = slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if o.tls || o.mtls {
 		s.serverCA = servertest.NewCA(t, "server CA")
 		certPEM, keyPEM, _ := s.serverCA.Issue(t, "buildlog", true)
@@ -222,7 +218,7 @@ func TestTLSListeners(t *testing.T) {
 	t.Parallel()
 	s := startSecure(t, stackOptions{tls: true})
 
-	got, err := s.grpcGet(t, credentials.NewTLS(s.clientTLS()), service.TokenMetadataKey, token)
+	got, err := s.grpcGet(t, credentials.NewTLS(s.clientTLS()), api.TokenMetadataKey, token)
 	if err != nil || got != logContent {
 		t.Errorf("gRPC over TLS = %q, %v; want the log", got, err)
 	}
@@ -238,14 +234,14 @@ func TestTLSListeners(t *testing.T) {
 	requests := s.up.RequestCount()
 
 	// Plaintext to the TLS ports fails, and reaches nothing.
-	if _, err := s.grpcGet(t, insecure.NewCredentials(), service.TokenMetadataKey, token); status.Code(err) != codes.Unavailable {
+	if _, err := s.grpcGet(t, insecure.NewCredentials(), api.TokenMetadataKey, token); status.Code(err) != codes.Unavailable {
 		t.Errorf("plaintext gRPC to the TLS port: %v, want UNAVAILABLE", err)
 	}
 	if resp, _, err := s.restGet(t, httpClient(t, nil, false), "http", "X-Auth-Token", token); err == nil && resp.StatusCode == http.StatusOK {
 		t.Errorf("plain HTTP to the TLS port: %s, want a failure", resp.Status)
 	}
 	// A client that does not trust the server's CA refuses it.
-	if _, err := s.grpcGet(t, credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12}), service.TokenMetadataKey, token); status.Code(err) != codes.Unavailable {
+	if _, err := s.grpcGet(t, credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12}), api.TokenMetadataKey, token); status.Code(err) != codes.Unavailable {
 		t.Errorf("gRPC trusting other roots: %v, want UNAVAILABLE", err)
 	}
 	if got := s.up.RequestCount(); got != requests {
@@ -294,7 +290,7 @@ func TestMTLSAcceptsOnlyClientsOfTheCA(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := s.grpcGet(t, credentials.NewTLS(s.clientTLS(tt.certs...)), service.TokenMetadataKey, token)
+			got, err := s.grpcGet(t, credentials.NewTLS(s.clientTLS(tt.certs...)), api.TokenMetadataKey, token)
 			if ok := err == nil && got == logContent; ok != tt.wantOK {
 				t.Errorf("gRPC: %q, %v; want success %v", got, err, tt.wantOK)
 			}
@@ -354,7 +350,7 @@ func TestCertificatesReloadWithoutRestart(t *testing.T) {
 	newCA := servertest.NewCA(t, "client CA 2")
 	newClient := newCA.ClientCert(t, "new")
 	get := func(c tls.Certificate) bool {
-		_, err := s.grpcGet(t, credentials.NewTLS(s.clientTLS(c)), service.TokenMetadataKey, token)
+		_, err := s.grpcGet(t, credentials.NewTLS(s.clientTLS(c)), api.TokenMetadataKey, token)
 		return err == nil
 	}
 	if !get(oldClient) || get(newClient) {
@@ -392,10 +388,10 @@ var callerCases = []callerCase{
 		grpcMD:     []string{"x-buildlog-authenticated-caller", "yes", "authorization", "Bearer " + otherBearer},
 		restHeader: []string{"grpc-metadata-x-buildlog-authenticated-caller", "yes", "Authorization", "Bearer " + otherBearer}},
 	{name: "own token wins over a listed bearer",
-		grpcMD:          []string{service.TokenMetadataKey, token, "authorization", "Bearer " + callerBearer},
+		grpcMD:          []string{api.TokenMetadataKey, token, "authorization", "Bearer " + callerBearer},
 		restHeader:      []string{"X-Auth-Token", token, "Authorization", "Bearer " + callerBearer},
 		wantCallerToken: true},
-	{name: "own token without authentication", grpcMD: []string{service.TokenMetadataKey, token},
+	{name: "own token without authentication", grpcMD: []string{api.TokenMetadataKey, token},
 		restHeader: []string{"X-Auth-Token", token}, wantCallerToken: true},
 }
 
@@ -470,7 +466,7 @@ func TestServerCredentialsForClientCertificates(t *testing.T) {
 		checkCaller(t, s, tc, httpClient(t, s.clientTLS(cert), h2), "https",
 			callerCase{name: "client certificate, no token", wantServerCreds: true})
 		checkCaller(t, s, tc, httpClient(t, s.clientTLS(cert), h2), "https",
-			callerCase{name: "client certificate and own token", grpcMD: []string{service.TokenMetadataKey, token},
+			callerCase{name: "client certificate and own token", grpcMD: []string{api.TokenMetadataKey, token},
 				restHeader: []string{"X-Auth-Token", token}, wantCallerToken: true})
 	}
 	checkNoSecrets(t, s)
@@ -680,22 +676,28 @@ func TestSecurityConfigErrors(t *testing.T) {
 	key := servertest.WriteFile(t, dir, "k.pem", keyPEM)
 	tests := []struct {
 		name string
-		cfg  server.Config
+		edit func(*server.Config)
 	}{
-		{"server credentials for anyone", server.Config{Credentials: signer}},
-		{"client CA without a certificate", server.Config{TLSClientCAFile: servertest.WriteFile(t, dir, "ca.pem", ca.PEM)}},
-		{"certificate without a key", server.Config{TLSCertFile: cert}},
-		{"key that does not match", server.Config{TLSCertFile: cert, TLSKeyFile: servertest.WriteFile(t, dir, "o.pem", otherKey)}},
-		{"missing certificate file", server.Config{TLSCertFile: dir + "/none.pem", TLSKeyFile: key}},
-		{"client CA file without certificates", server.Config{TLSCertFile: cert, TLSKeyFile: key, TLSClientCAFile: servertest.WriteFile(t, dir, "empty.pem", []byte("nothing"))}},
-		{"missing caller tokens file", server.Config{CallerTokensFile: dir + "/none", Credentials: signer}},
+		{"server credentials for anyone", func(c *server.Config) { c.Credentials = signer }},
+		{"client CA without a certificate", func(c *server.Config) { c.TLSClientCAFile = servertest.WriteFile(t, dir, "ca.pem", ca.PEM) }},
+		{"certificate without a key", func(c *server.Config) { c.TLSCertFile = cert }},
+		{"key that does not match", func(c *server.Config) {
+			c.TLSCertFile, c.TLSKeyFile = cert, servertest.WriteFile(t, dir, "o.pem", otherKey)
+		}},
+		{"missing certificate file", func(c *server.Config) { c.TLSCertFile, c.TLSKeyFile = dir+"/none.pem", key }},
+		{"client CA file without certificates", func(c *server.Config) {
+			c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = cert, key, servertest.WriteFile(t, dir, "empty.pem", []byte("nothing"))
+		}},
+		{"missing caller tokens file", func(c *server.Config) { c.CallerTokensFile, c.Credentials = dir+"/none", signer }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tt.cfg.Upstream, tt.cfg.GRPCAddr, tt.cfg.HTTPAddr, tt.cfg.AdminAddr = "http://127.0.0.1:1", "127.0.0.1:0", "127.0.0.1:0", server.AdminOff
-			tt.cfg.Logger = slog.New(slog.DiscardHandler)
-			if _, err := server.New(tt.cfg); err == nil {
+			cfg := server.DefaultConfig()
+			cfg.Upstream, cfg.GRPCAddr, cfg.HTTPAddr, cfg.AdminAddr = "http://127.0.0.1:1", "127.0.0.1:0", "127.0.0.1:0", server.AdminOff
+			cfg.Logger = slog.New(slog.DiscardHandler)
+			tt.edit(&cfg)
+			if _, err := server.New(cfg); err == nil {
 				t.Error("New succeeded, want an error")
 			} else if strings.Contains(err.Error(), secretKey) || strings.Contains(err.Error(), "PRIVATE KEY") {
 				t.Errorf("error %q contains key material", err)
@@ -720,8 +722,8 @@ func TestNewFailureLeavesNothingRunning(t *testing.T) {
 		"admin port in use": func(cfg *server.Config) { cfg.AdminAddr = used.Addr().String() },
 	} {
 		before := goleak.IgnoreCurrent()
-		cfg := server.Config{Upstream: "http://127.0.0.1:1", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdminAddr: server.AdminOff,
-			Logger: slog.New(slog.DiscardHandler)}
+		cfg := server.DefaultConfig()
+		cfg.Upstream, cfg.GRPCAddr, cfg.HTTPAddr, cfg.AdminAddr, cfg.Logger = "http://127.0.0.1:1", "127.0.0.1:0", "127.0.0.1:0", server.AdminOff, slog.New(slog.DiscardHandler)
 		edit(&cfg)
 		if _, err := server.New(cfg); err == nil {
 			t.Fatal("New succeeded on a port in use")

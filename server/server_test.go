@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server/servertest"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -168,14 +168,19 @@ func TestRESTErrors(t *testing.T) {
 		{"upstream does not know the task", nil, logPath("stage9"), token, 404, upstreamtest.NotFoundCode, true, ""},
 		{"throttled", ptr(upstreamtest.Throttled(3 * time.Second)), logPath("stage1"), token, 429, upstreamtest.ThrottledCode, true, "3"},
 		{"too many requests as a 500", ptr(upstreamtest.ErrorFault(500, "CB.00060211", "too many requests")), logPath("stage1"), token, 429, "CB.00060211", true, "1"},
-		{"network busy", ptr(upstreamtest.ErrorFault(500, "CB.00060100", "network busy")), logPath("stage1"), token, 503, "CB.00060100", true, ""},
-		{"bad gateway in HTML", &upstreamtest.Fault{Status: 502, Body: "<html>oops</html>"}, logPath("stage1"), token, 503, "BUILDLOG.UPSTREAM_UNAVAILABLE", true, ""},
-		{"no answer at all", &upstreamtest.Fault{Hangup: true}, logPath("stage1"), token, 503, "BUILDLOG.UPSTREAM_UNREACHABLE", false, ""},
+		// The upstream's answers keep their status; only throttling sent as a
+		// 500 becomes a 429.
+		{"network busy", ptr(upstreamtest.ErrorFault(500, "CB.00060100", "network busy")), logPath("stage1"), token, 500, "CB.00060100", true, ""},
+		{"forbidden", ptr(upstreamtest.ErrorFault(403, "CB.00060403", "no permission")), logPath("stage1"), token, 403, "CB.00060403", true, ""},
+		{"precondition failed", ptr(upstreamtest.ErrorFault(412, "CB.00060412", "precondition")), logPath("stage1"), token, 412, "CB.00060412", true, ""},
+		{"gateway timeout", ptr(upstreamtest.ErrorFault(504, "APIGW.0504", "backend timeout")), logPath("stage1"), token, 504, "APIGW.0504", true, ""},
+		{"bad gateway in HTML", &upstreamtest.Fault{Status: 502, Body: "<html>oops</html>"}, logPath("stage1"), token, 502, "BUILDLOG.UPSTREAM_UNAVAILABLE", true, ""},
+		{"no answer at all", &upstreamtest.Fault{Hangup: true}, logPath("stage1"), token, 502, "BUILDLOG.UPSTREAM_UNREACHABLE", false, ""},
 		{"missing token", nil, logPath("stage1"), "", 401, "BUILDLOG.MISSING_TOKEN", false, ""},
 		{"invalid record id", nil, "/v4/NOT-A-RECORD/task-log?task_name=stage1", token, 400, "BUILDLOG.INVALID_REQUEST", false, ""},
 		{"double-encoded path", nil, "/v4/..%252F..%252Fetc/task-log?task_name=stage1", token, 400, "BUILDLOG.INVALID_REQUEST", false, ""},
 		{"missing task name", nil, "/v4/" + recordID + "/task-log", token, 400, "BUILDLOG.INVALID_REQUEST", false, ""},
-		{"unparsable offset", nil, logPath("stage1", "offset=abc"), token, 400, "BUILDLOG.INVALID_ARGUMENT", false, ""},
+		{"unparsable offset", nil, logPath("stage1", "offset=abc"), token, 400, "BUILDLOG.INVALID_REQUEST", false, ""},
 		{"offset past the end", nil, logPath("stage1", "offset=101"), token, 400, "BUILDLOG.OFFSET_OUT_OF_RANGE", false, ""},
 		{"unknown route", nil, "/v3/whatever", token, 404, "BUILDLOG.NOT_FOUND", false, ""},
 	}
@@ -293,7 +298,7 @@ func TestLargeTokens(t *testing.T) {
 	t.Parallel()
 	s := startStack(t)
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100})
-	for _, size := range []int{12 << 10, 64 << 10, service.MaxTokenLength - 4} {
+	for _, size := range []int{12 << 10, 64 << 10, api.MaxTokenLength - 4} {
 		big := "MIIB" + strings.Repeat("Q", size)
 		s.Upstream.AddToken(big)
 		n := s.Upstream.RequestCount()
@@ -301,7 +306,7 @@ func TestLargeTokens(t *testing.T) {
 		if err != nil || resp.StatusCode != 200 {
 			t.Errorf("REST with a %d-byte token: status %d, %v", len(big), resp.StatusCode, err)
 		}
-		ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, big)
+		ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, big)
 		stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 		if err == nil {
 			_, err = stream.Recv()
@@ -365,7 +370,7 @@ func TestShutdownLetsDownloadsFinish(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, restFirst); err != nil {
 		t.Fatal(err)
 	}
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, token)
 	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err != nil {
 		t.Fatal(err)
@@ -423,7 +428,7 @@ func TestStalledReadersHoldBoundedMemory(t *testing.T) {
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: size})
 
 	heapBefore := heapInUse()
-	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token))
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, token))
 	defer cancel()
 	for i := range readers {
 		if i%2 == 0 {

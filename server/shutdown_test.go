@@ -14,10 +14,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -44,7 +44,7 @@ func TestShutdownDrainsThenCancels(t *testing.T) {
 		t.Fatalf("health before shutdown: %v, %v; want SERVING", st, err)
 	}
 
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, token)
 	stream, err := s.Client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err != nil {
 		t.Fatal(err)

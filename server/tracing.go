@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"maps"
 	"net/http"
 	"slices"
@@ -14,8 +15,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/stats"
 
+	"github.com/buildlog/buildlog/gateway"
 	"github.com/buildlog/buildlog/upstream"
 )
 
@@ -24,8 +25,7 @@ import (
 var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
 // tracing instruments every hop of a call with OpenTelemetry: the gRPC
-// server, the REST mirror's handler and its in-process gRPC client, and the
-// upstream HTTP transport.
+// server, the REST mirror's handler, and the upstream HTTP transport.
 //
 // With tracing off (no TracerProvider, or a no-op one) no span is recorded
 // and none of that instrumentation runs, which costs about 15% of the CPU
@@ -44,25 +44,14 @@ func newTracing(tp trace.TracerProvider) tracing {
 
 func (t tracing) on() bool { return t.tp != nil }
 
-// addServerHooks adds the servers' stats handler, which continues the
-// caller's trace; with tracing off, an interceptor that only takes the
-// caller's trace context into the call's context.
-func (t tracing) addServerHooks(h *callHooks) {
+// grpcOptions continue the caller's trace on the gRPC server: a stats
+// handler recording its spans, or with tracing off an interceptor that
+// only takes the caller's trace context into the call's context.
+func (t tracing) grpcOptions() []grpc.ServerOption {
 	if !t.on() {
-		h.stream = append(h.stream, passTraceContext)
-		return
+		return []grpc.ServerOption{grpc.ChainStreamInterceptor(passTraceContext)}
 	}
-	h.stats = append(h.stats, otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator)))
-}
-
-// gatewayStatsHandler carries the REST call's trace into the in-process
-// gRPC call (see inprocChannel); with tracing off there is none, and the
-// channel passes the trace context on itself.
-func (t tracing) gatewayStatsHandler() stats.Handler {
-	if !t.on() {
-		return nil
-	}
-	return otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator))
+	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(propagator)))}
 }
 
 // restHandler continues a REST caller's trace; with tracing off, it only
@@ -83,13 +72,17 @@ func (t tracing) restHandler(h http.Handler) http.Handler {
 	)
 }
 
-// restRoute names the route of r for span names: the mirror's one route
-// without its record id, which would make every span name unique.
+// restRoute names the route of r, for span names and metric labels: the
+// mirror's route without its record id (which would make each unique), the
+// OpenAPI document, or "other".
 func restRoute(r *http.Request) string {
-	if strings.HasPrefix(r.URL.Path, "/v4/") {
-		return "/v4/{record_id}/task-log"
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/v4/"):
+		return gateway.Route
+	case r.URL.Path == gateway.OpenAPIPath:
+		return gateway.OpenAPIPath
 	}
-	return r.URL.Path
+	return "other"
 }
 
 // upstreamOption sends the trace context to the upstream with each request.
@@ -114,10 +107,18 @@ func passTraceContext(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h
 	ctx := ss.Context()
 	md, _ := metadata.FromIncomingContext(ctx)
 	if traced := propagator.Extract(ctx, metadataCarrier(md)); traced != ctx {
-		ss = &markedStream{ServerStream: ss, ctx: traced}
+		ss = &contextStream{ServerStream: ss, ctx: traced}
 	}
 	return handler(srv, ss)
 }
+
+// contextStream is a stream with another context.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *contextStream) Context() context.Context { return s.ctx }
 
 // metadataCarrier is gRPC metadata as a propagation.TextMapCarrier.
 type metadataCarrier metadata.MD

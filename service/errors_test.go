@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/buildlog/buildlog/api"
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/upstream"
 )
 
@@ -30,38 +32,38 @@ func TestClassify(t *testing.T) {
 		wantCode   codes.Code
 		wantReason string
 	}{
-		{400, "CB.00060200", codes.InvalidArgument, ReasonUpstreamInvalidArgument},
-		{401, "APIGW.0301", codes.Unauthenticated, ReasonUpstreamUnauthenticated},
-		{403, "", codes.PermissionDenied, ReasonUpstreamPermissionDenied},
-		{404, "APIGW.0101", codes.NotFound, ReasonUpstreamNotFound},
-		{405, "", codes.Unimplemented, ReasonUpstreamUnimplemented},
-		{408, "", codes.Unavailable, ReasonUpstreamTimeout},
-		{409, "", codes.Aborted, ReasonUpstreamConflict},
-		{410, "", codes.NotFound, ReasonUpstreamNotFound},
-		{412, "", codes.FailedPrecondition, ReasonUpstreamFailedPrecondition},
-		{413, "", codes.InvalidArgument, ReasonUpstreamRequestTooLarge},
-		{414, "", codes.InvalidArgument, ReasonUpstreamRequestTooLarge},
-		{416, "", codes.OutOfRange, ReasonUpstreamOutOfRange},
-		{418, "", codes.FailedPrecondition, ReasonUpstreamRejected},
-		{429, "", codes.ResourceExhausted, ReasonUpstreamThrottled},
-		{429, "APIGW.0308", codes.ResourceExhausted, ReasonUpstreamThrottled},
-		{403, "APIGW.0308", codes.ResourceExhausted, ReasonUpstreamThrottled},
-		{431, "", codes.InvalidArgument, ReasonUpstreamRequestTooLarge},
-		{451, "", codes.FailedPrecondition, ReasonUpstreamRejected},
-		{500, "CB.00060211", codes.ResourceExhausted, ReasonUpstreamThrottled},
-		{500, "CB.00060100", codes.Unavailable, ReasonUpstreamBusy},
-		{500, "CB.00060101", codes.Internal, ReasonUpstreamInternal},
-		{500, "", codes.Internal, ReasonUpstreamInternal},
-		{501, "", codes.Unimplemented, ReasonUpstreamUnimplemented},
-		{502, "", codes.Unavailable, ReasonUpstreamUnavailable},
-		{503, "", codes.Unavailable, ReasonUpstreamUnavailable},
-		{504, "", codes.Unavailable, ReasonUpstreamUnavailable},
-		{505, "", codes.Internal, ReasonUpstreamInternal},
-		{599, "", codes.Internal, ReasonUpstreamInternal},
-		{201, "", codes.Unknown, ReasonUpstreamUnexpectedStatus},
-		{204, "", codes.Unknown, ReasonUpstreamUnexpectedStatus},
-		{302, "", codes.Unknown, ReasonUpstreamUnexpectedStatus},
-		{100, "", codes.Unknown, ReasonUpstreamUnexpectedStatus},
+		{400, "CB.00060200", codes.InvalidArgument, api.ReasonUpstreamInvalidArgument},
+		{401, "APIGW.0301", codes.Unauthenticated, api.ReasonUpstreamUnauthenticated},
+		{403, "", codes.PermissionDenied, api.ReasonUpstreamPermissionDenied},
+		{404, "APIGW.0101", codes.NotFound, api.ReasonUpstreamNotFound},
+		{405, "", codes.Unimplemented, api.ReasonUpstreamUnimplemented},
+		{408, "", codes.Unavailable, api.ReasonUpstreamTimeout},
+		{409, "", codes.Aborted, api.ReasonUpstreamConflict},
+		{410, "", codes.NotFound, api.ReasonUpstreamNotFound},
+		{412, "", codes.FailedPrecondition, api.ReasonUpstreamFailedPrecondition},
+		{413, "", codes.InvalidArgument, api.ReasonUpstreamRequestTooLarge},
+		{414, "", codes.InvalidArgument, api.ReasonUpstreamRequestTooLarge},
+		{416, "", codes.OutOfRange, api.ReasonUpstreamOutOfRange},
+		{418, "", codes.FailedPrecondition, api.ReasonUpstreamRejected},
+		{429, "", codes.ResourceExhausted, api.ReasonUpstreamThrottled},
+		{429, "APIGW.0308", codes.ResourceExhausted, api.ReasonUpstreamThrottled},
+		{403, "APIGW.0308", codes.ResourceExhausted, api.ReasonUpstreamThrottled},
+		{431, "", codes.InvalidArgument, api.ReasonUpstreamRequestTooLarge},
+		{451, "", codes.FailedPrecondition, api.ReasonUpstreamRejected},
+		{500, "CB.00060211", codes.ResourceExhausted, api.ReasonUpstreamThrottled},
+		{500, "CB.00060100", codes.Unavailable, api.ReasonUpstreamBusy},
+		{500, "CB.00060101", codes.Internal, api.ReasonUpstreamInternal},
+		{500, "", codes.Internal, api.ReasonUpstreamInternal},
+		{501, "", codes.Unimplemented, api.ReasonUpstreamUnimplemented},
+		{502, "", codes.Unavailable, api.ReasonUpstreamUnavailable},
+		{503, "", codes.Unavailable, api.ReasonUpstreamUnavailable},
+		{504, "", codes.Unavailable, api.ReasonUpstreamUnavailable},
+		{505, "", codes.Internal, api.ReasonUpstreamInternal},
+		{599, "", codes.Internal, api.ReasonUpstreamInternal},
+		{201, "", codes.Unknown, api.ReasonUpstreamUnexpectedStatus},
+		{204, "", codes.Unknown, api.ReasonUpstreamUnexpectedStatus},
+		{302, "", codes.Unknown, api.ReasonUpstreamUnexpectedStatus},
+		{100, "", codes.Unknown, api.ReasonUpstreamUnexpectedStatus},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%d %s", tt.status, tt.errorCode), func(t *testing.T) {
@@ -74,10 +76,10 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func TestToStatus(t *testing.T) {
+func TestToError(t *testing.T) {
 	t.Parallel()
 	info := func(reason string, md map[string]string) *errdetails.ErrorInfo {
-		return &errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain, Metadata: md}
+		return &errdetails.ErrorInfo{Reason: reason, Domain: api.ErrorDomain, Metadata: md}
 	}
 	tests := []struct {
 		name        string
@@ -92,7 +94,7 @@ func TestToStatus(t *testing.T) {
 			wantCode: codes.NotFound,
 			wantMsg:  "record not found",
 			wantDetails: []any{
-				info(ReasonUpstreamNotFound, map[string]string{MetadataHTTPStatus: "404", MetadataUpstreamErrorCode: "CB.00060404", MetadataRequestID: "req-1"}),
+				info(api.ReasonUpstreamNotFound, map[string]string{api.MetadataHTTPStatus: "404", api.MetadataUpstreamErrorCode: "CB.00060404", api.MetadataRequestID: "req-1"}),
 				&errdetails.RequestInfo{RequestId: "req-1"},
 			},
 		},
@@ -101,7 +103,7 @@ func TestToStatus(t *testing.T) {
 			err:      &upstream.Error{StatusCode: 429, Code: "APIGW.0308", Message: "slow down", RetryAfter: 7 * time.Second},
 			wantCode: codes.ResourceExhausted,
 			wantDetails: []any{
-				info(ReasonUpstreamThrottled, map[string]string{MetadataHTTPStatus: "429", MetadataUpstreamErrorCode: "APIGW.0308"}),
+				info(api.ReasonUpstreamThrottled, map[string]string{api.MetadataHTTPStatus: "429", api.MetadataUpstreamErrorCode: "APIGW.0308"}),
 				&errdetails.RetryInfo{RetryDelay: durationpb.New(7 * time.Second)},
 			},
 		},
@@ -110,7 +112,7 @@ func TestToStatus(t *testing.T) {
 			err:      &upstream.Error{StatusCode: 500, Code: "CB.00060211", Message: "too many requests"},
 			wantCode: codes.ResourceExhausted,
 			wantDetails: []any{
-				info(ReasonUpstreamThrottled, map[string]string{MetadataHTTPStatus: "500", MetadataUpstreamErrorCode: "CB.00060211"}),
+				info(api.ReasonUpstreamThrottled, map[string]string{api.MetadataHTTPStatus: "500", api.MetadataUpstreamErrorCode: "CB.00060211"}),
 				&errdetails.RetryInfo{RetryDelay: durationpb.New(defaultThrottleDelay)},
 			},
 		},
@@ -119,60 +121,60 @@ func TestToStatus(t *testing.T) {
 			err:         &upstream.Error{StatusCode: 502},
 			wantCode:    codes.Unavailable,
 			wantMsg:     "the upstream answered HTTP 502 Bad Gateway",
-			wantDetails: []any{info(ReasonUpstreamUnavailable, map[string]string{MetadataHTTPStatus: "502"})},
+			wantDetails: []any{info(api.ReasonUpstreamUnavailable, map[string]string{api.MetadataHTTPStatus: "502"})},
 		},
 		{
 			name:        "connection refused",
 			err:         fmt.Errorf("upstream request: %w", syscall.ECONNREFUSED),
 			wantCode:    codes.Unavailable,
-			wantDetails: []any{info(ReasonUpstreamUnreachable, nil)},
+			wantDetails: []any{info(api.ReasonUpstreamUnreachable, nil)},
 		},
 		{
 			name:        "no answer in time",
 			err:         fmt.Errorf("upstream request: %w", timeoutError{}),
 			wantCode:    codes.Unavailable,
-			wantDetails: []any{info(ReasonUpstreamTimeout, nil)},
+			wantDetails: []any{info(api.ReasonUpstreamTimeout, nil)},
 		},
 		{
 			name:        "protocol error",
 			err:         &upstream.ProtocolError{Problem: `unsupported Content-Encoding "br"`},
 			wantCode:    codes.Internal,
-			wantDetails: []any{info(ReasonUpstreamProtocolError, nil)},
+			wantDetails: []any{info(api.ReasonUpstreamProtocolError, nil)},
 		},
 		{
 			name:        "interrupted",
 			err:         &interruptedError{resumeOffset: 4096, err: io.ErrUnexpectedEOF},
 			wantCode:    codes.Unavailable,
-			wantDetails: []any{info(ReasonUpstreamInterrupted, map[string]string{MetadataResumeOffset: "4096"})},
+			wantDetails: []any{info(api.ReasonUpstreamInterrupted, map[string]string{api.MetadataResumeOffset: "4096"})},
 		},
 		{
 			name:     "interrupted with a request id",
 			err:      &interruptedError{resumeOffset: 10, requestID: "req-9", err: io.ErrUnexpectedEOF},
 			wantCode: codes.Unavailable,
 			wantDetails: []any{
-				info(ReasonUpstreamInterrupted, map[string]string{MetadataResumeOffset: "10", MetadataRequestID: "req-9"}),
+				info(api.ReasonUpstreamInterrupted, map[string]string{api.MetadataResumeOffset: "10", api.MetadataRequestID: "req-9"}),
 				&errdetails.RequestInfo{RequestId: "req-9"},
 			},
 		},
 		{
 			name:        "offset out of range",
-			err:         &offsetError{offset: 11, size: 10},
+			err:         offsetError(11, 10),
 			wantCode:    codes.OutOfRange,
-			wantDetails: []any{info(ReasonOffsetOutOfRange, map[string]string{MetadataLogSize: "10"})},
+			wantDetails: []any{info(api.ReasonOffsetOutOfRange, map[string]string{api.MetadataLogSize: "10"})},
 		},
 		{
 			name:        "missing token",
-			err:         &tokenError{ReasonMissingToken, "missing"},
+			err:         tokenError(api.ReasonMissingToken, "missing"),
 			wantCode:    codes.Unauthenticated,
-			wantDetails: []any{info(ReasonMissingToken, nil)},
+			wantDetails: []any{info(api.ReasonMissingToken, nil)},
 		},
 		{
 			name:     "invalid request",
-			err:      &invalidRequestError{violations: []*errdetails.BadRequest_FieldViolation{{Field: "offset", Description: "must not be negative"}}},
+			err:      validate(&buildlogv1.DownloadTaskLogRequest{RecordId: validRecordID, TaskName: "stage1", Offset: -1}, nil),
 			wantCode: codes.InvalidArgument,
 			wantDetails: []any{
-				info(ReasonInvalidRequest, nil),
-				&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "offset", Description: "must not be negative"}}},
+				info(api.ReasonInvalidRequest, nil),
+				&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "offset", Description: "must not be negative, got -1"}}},
 			},
 		},
 		{
@@ -184,7 +186,7 @@ func TestToStatus(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			st := toStatus(context.Background(), tt.err)
+			st := toError(context.Background(), tt.err).GRPCStatus()
 			if st.Code() != tt.wantCode {
 				t.Errorf("code = %v, want %v", st.Code(), tt.wantCode)
 			}
@@ -198,17 +200,17 @@ func TestToStatus(t *testing.T) {
 	}
 }
 
-func TestToStatusCallerContextWins(t *testing.T) {
+func TestToErrorCallerContextWins(t *testing.T) {
 	t.Parallel()
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
 	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel2()
 	upErr := &upstream.Error{StatusCode: 503}
-	if got := toStatus(canceled, upErr).Code(); got != codes.Canceled {
+	if got := toError(canceled, upErr).Code; got != codes.Canceled {
 		t.Errorf("cancelled caller: code = %v, want Canceled", got)
 	}
-	if got := toStatus(expired, fmt.Errorf("read: %w", context.DeadlineExceeded)).Code(); got != codes.DeadlineExceeded {
+	if got := toError(expired, fmt.Errorf("read: %w", context.DeadlineExceeded)).Code; got != codes.DeadlineExceeded {
 		t.Errorf("expired caller: code = %v, want DeadlineExceeded", got)
 	}
 }
@@ -216,9 +218,9 @@ func TestToStatusCallerContextWins(t *testing.T) {
 func TestStatusMessagesAreCapped(t *testing.T) {
 	t.Parallel()
 	long := errors.New(strings.Repeat("é", 2000))
-	st := toStatus(context.Background(), long)
-	if len(st.Message()) > maxStatusMessage || !strings.HasSuffix(st.Message(), "...") {
-		t.Errorf("message of %d bytes, want at most %d ending in ...", len(st.Message()), maxStatusMessage)
+	st := toError(context.Background(), long).GRPCStatus()
+	if len(st.Message()) > maxMessage || !strings.HasSuffix(st.Message(), "...") {
+		t.Errorf("message of %d bytes, want at most %d ending in ...", len(st.Message()), maxMessage)
 	}
 	if !utf8.ValidString(st.Message()) {
 		t.Error("capped message is not valid UTF-8")

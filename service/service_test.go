@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,12 +11,10 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream"
@@ -33,11 +30,10 @@ const (
 	recordID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 )
 
-// env is the service on a real gRPC listener, in front of a simulated
-// upstream.
+// env is the service in front of a simulated upstream.
 type env struct {
-	up     *upstreamtest.Server
-	client buildlogv1.BuildLogServiceClient
+	up  *upstreamtest.Server
+	svc *service.Service
 }
 
 func newEnv(t *testing.T, opts ...service.Option) *env {
@@ -52,54 +48,55 @@ func newEnv(t *testing.T, opts ...service.Option) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(svc.ServerOption())
-	buildlogv1.RegisterBuildLogServiceServer(gs, svc)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		gs.Serve(lis)
-	}()
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
-		cc.Close()
-		gs.Stop()
-		<-served
 		uc.CloseIdleConnections()
 		up.Close()
 	})
-	return &env{up: up, client: buildlogv1.NewBuildLogServiceClient(cc)}
+	return &env{up: up, svc: svc}
 }
+
+// tokenKey is the context key of the caller's tokens in these tests.
+type tokenKey struct{}
 
 func withToken(ctx context.Context, tok string) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, service.TokenMetadataKey, tok)
+	return context.WithValue(ctx, tokenKey{}, []string{tok})
 }
 
-// download runs a call to its end and returns the messages and the final
-// error.
+// open opens a download for req with the token of ctx.
+func (e *env) open(ctx context.Context, req *buildlogv1.DownloadTaskLogRequest) (*service.Download, error) {
+	tokens, _ := ctx.Value(tokenKey{}).([]string)
+	return e.svc.Open(ctx, service.Request{Message: req, Caller: service.Caller{Tokens: tokens}, Transport: service.GRPC})
+}
+
+// download runs a download to its end and returns it as the messages a
+// stream carries (the metadata on the first, one empty message for an
+// empty range), and the error it ended with.
 func (e *env) download(ctx context.Context, t *testing.T, req *buildlogv1.DownloadTaskLogRequest) ([]*buildlogv1.DownloadTaskLogResponse, error) {
 	t.Helper()
-	stream, err := e.client.DownloadTaskLog(ctx, req)
+	d, err := e.open(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	var msgs []*buildlogv1.DownloadTaskLogResponse
 	for {
-		msg, err := stream.Recv()
+		c, err := d.Next()
 		if err == io.EOF {
-			return msgs, nil
+			break
 		}
 		if err != nil {
-			return msgs, err
+			return msgs, d.Close(err)
+		}
+		msg := &buildlogv1.DownloadTaskLogResponse{Data: bytes.Clone(c.Data), Offset: c.Offset}
+		if len(msgs) == 0 {
+			msg.Metadata = d.Metadata()
 		}
 		msgs = append(msgs, msg)
+		c.Release()
 	}
+	if len(msgs) == 0 {
+		msgs = append(msgs, &buildlogv1.DownloadTaskLogResponse{Offset: d.Offset(), Metadata: d.Metadata()})
+	}
+	return msgs, d.Close(nil)
 }
 
 // checkStream checks the stream invariants: metadata on the first message
@@ -271,12 +268,12 @@ func TestDownloadRejectsBeforeCallingUpstream(t *testing.T) {
 		wantCode   codes.Code
 		wantReason string
 	}{
-		{"no token", context.Background(), valid, codes.Unauthenticated, service.ReasonMissingToken},
-		{"empty token", withToken(context.Background(), ""), valid, codes.Unauthenticated, service.ReasonMissingToken},
-		{"token over 100,000 bytes", withToken(context.Background(), strings.Repeat("t", 100_001)), valid, codes.Unauthenticated, service.ReasonInvalidToken},
-		{"upper case record id", withToken(context.Background(), token), &buildlogv1.DownloadTaskLogRequest{RecordId: strings.ToUpper(recordID), TaskName: "stage1"}, codes.InvalidArgument, service.ReasonInvalidRequest},
-		{"path trick record id", withToken(context.Background(), token), &buildlogv1.DownloadTaskLogRequest{RecordId: "..%2F" + recordID[5:], TaskName: "stage1"}, codes.InvalidArgument, service.ReasonInvalidRequest},
-		{"no task", withToken(context.Background(), token), &buildlogv1.DownloadTaskLogRequest{RecordId: recordID}, codes.InvalidArgument, service.ReasonInvalidRequest},
+		{"no token", context.Background(), valid, codes.Unauthenticated, api.ReasonMissingToken},
+		{"empty token", withToken(context.Background(), ""), valid, codes.Unauthenticated, api.ReasonMissingToken},
+		{"token over 100,000 bytes", withToken(context.Background(), strings.Repeat("t", 100_001)), valid, codes.Unauthenticated, api.ReasonInvalidToken},
+		{"upper case record id", withToken(context.Background(), token), &buildlogv1.DownloadTaskLogRequest{RecordId: strings.ToUpper(recordID), TaskName: "stage1"}, codes.InvalidArgument, api.ReasonInvalidRequest},
+		{"path trick record id", withToken(context.Background(), token), &buildlogv1.DownloadTaskLogRequest{RecordId: "..%2F" + recordID[5:], TaskName: "stage1"}, codes.InvalidArgument, api.ReasonInvalidRequest},
+		{"no task", withToken(context.Background(), token), &buildlogv1.DownloadTaskLogRequest{RecordId: recordID}, codes.InvalidArgument, api.ReasonInvalidRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -339,13 +336,13 @@ func TestDownloadUpstreamErrors(t *testing.T) {
 		wantReason string
 		wantRetry  time.Duration
 	}{
-		{"throttled", upstreamtest.Throttled(3 * time.Second), codes.ResourceExhausted, service.ReasonUpstreamThrottled, 3 * time.Second},
-		{"too many requests as a 500", upstreamtest.ErrorFault(500, "CB.00060211", "too many requests"), codes.ResourceExhausted, service.ReasonUpstreamThrottled, time.Second},
-		{"network busy", upstreamtest.ErrorFault(500, "CB.00060100", "network busy"), codes.Unavailable, service.ReasonUpstreamBusy, 0},
-		{"internal", upstreamtest.ErrorFault(500, "CB.00060101", "internal error"), codes.Internal, service.ReasonUpstreamInternal, 0},
-		{"forbidden", upstreamtest.ErrorFault(403, "CB.00060403", "no permission"), codes.PermissionDenied, service.ReasonUpstreamPermissionDenied, 0},
-		{"bad gateway in HTML", upstreamtest.Fault{Status: 502, Body: "<html><body>502</body></html>"}, codes.Unavailable, service.ReasonUpstreamUnavailable, 0},
-		{"connection closed without an answer", upstreamtest.Fault{Hangup: true}, codes.Unavailable, service.ReasonUpstreamUnreachable, 0},
+		{"throttled", upstreamtest.Throttled(3 * time.Second), codes.ResourceExhausted, api.ReasonUpstreamThrottled, 3 * time.Second},
+		{"too many requests as a 500", upstreamtest.ErrorFault(500, "CB.00060211", "too many requests"), codes.ResourceExhausted, api.ReasonUpstreamThrottled, time.Second},
+		{"network busy", upstreamtest.ErrorFault(500, "CB.00060100", "network busy"), codes.Unavailable, api.ReasonUpstreamBusy, 0},
+		{"internal", upstreamtest.ErrorFault(500, "CB.00060101", "internal error"), codes.Internal, api.ReasonUpstreamInternal, 0},
+		{"forbidden", upstreamtest.ErrorFault(403, "CB.00060403", "no permission"), codes.PermissionDenied, api.ReasonUpstreamPermissionDenied, 0},
+		{"bad gateway in HTML", upstreamtest.Fault{Status: 502, Body: "<html><body>502</body></html>"}, codes.Unavailable, api.ReasonUpstreamUnavailable, 0},
+		{"connection closed without an answer", upstreamtest.Fault{Hangup: true}, codes.Unavailable, api.ReasonUpstreamUnreachable, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -381,17 +378,17 @@ func TestDownloadFailureAfterFirstByte(t *testing.T) {
 			e.up.Inject(upstreamtest.Fault{Cut: true, CutAfter: 100_000, Times: -1})
 			msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1", Offset: 10})
 			st := status.Convert(err)
-			if st.Code() != codes.Unavailable || reasonOf(st) != service.ReasonUpstreamInterrupted {
-				t.Fatalf("got %v %s (%v), want UNAVAILABLE %s", st.Code(), reasonOf(st), err, service.ReasonUpstreamInterrupted)
+			if st.Code() != codes.Unavailable || reasonOf(st) != api.ReasonUpstreamInterrupted {
+				t.Fatalf("got %v %s (%v), want UNAVAILABLE %s", st.Code(), reasonOf(st), err, api.ReasonUpstreamInterrupted)
 			}
 			got := checkStream(t, msgs, 10, chunk)
 			if len(got) == 0 || !bytes.Equal(got, upstreamtest.Generate(1<<20, "INFO", "stage1")[10:10+len(got)]) {
 				t.Errorf("got %d bytes before the error, want a non-empty, correct prefix", len(got))
 			}
-			if infoOf(st).GetMetadata()[service.MetadataRequestID] == "" || !hasRequestInfo(st) {
+			if infoOf(st).GetMetadata()[api.MetadataRequestID] == "" || !hasRequestInfo(st) {
 				t.Errorf("details %v, want the upstream request id in ErrorInfo and RequestInfo", st.Details())
 			}
-			resume, _ := strconv.ParseInt(infoOf(st).GetMetadata()[service.MetadataResumeOffset], 10, 64)
+			resume, _ := strconv.ParseInt(infoOf(st).GetMetadata()[api.MetadataResumeOffset], 10, 64)
 			if resume != 10+int64(len(got)) {
 				t.Errorf("resumeOffset = %d, want %d (the offset after the last byte delivered)", resume, 10+len(got))
 			}
@@ -428,8 +425,8 @@ func TestDownloadAbortsWhenTheLogChanges(t *testing.T) {
 	}})
 	msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	st := status.Convert(err)
-	if st.Code() != codes.Aborted || reasonOf(st) != service.ReasonLogChanged {
-		t.Fatalf("got %v %s (%v), want ABORTED %s", st.Code(), reasonOf(st), err, service.ReasonLogChanged)
+	if st.Code() != codes.Aborted || reasonOf(st) != api.ReasonLogChanged {
+		t.Fatalf("got %v %s (%v), want ABORTED %s", st.Code(), reasonOf(st), err, api.ReasonLogChanged)
 	}
 	got := checkStream(t, msgs, 0, service.DefaultChunkSize)
 	if !bytes.Equal(got, upstreamtest.Generate(1<<20, "INFO", "stage1")[:len(got)]) || len(got) > 200_000 {
@@ -448,23 +445,27 @@ func TestCancelAndDeadlineReachTheUpstream(t *testing.T) {
 		e.up.AddLog(recordID, "stage1", upstreamtest.Log{Size: 1 << 20})
 		e.up.Inject(upstreamtest.Fault{Stall: true, StallAfter: 8 << 10})
 		ctx, cancel := context.WithCancel(withToken(context.Background(), token))
-		stream, err := e.client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+		d, err := e.open(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := stream.Recv(); err != nil {
+		c, err := d.Next()
+		if err != nil {
 			t.Fatal(err)
 		}
+		c.Release()
 		cancel()
 		waitDone(t, e.up)
 		for {
-			// Chunks already received may come first; then the cancellation.
-			if _, err := stream.Recv(); err != nil {
-				if status.Code(err) != codes.Canceled {
-					t.Errorf("Recv after cancel: %v, want Canceled", err)
+			// Bytes already read may come first; then the cancellation.
+			c, err := d.Next()
+			if err != nil {
+				if status.Code(d.Close(err)) != codes.Canceled {
+					t.Errorf("Next after cancel: %v, want Canceled", d.Close(err))
 				}
 				break
 			}
+			c.Release()
 		}
 	})
 	t.Run("caller deadline before the upstream answers", func(t *testing.T) {
@@ -543,43 +544,34 @@ func TestMaxDownloadsRefusesAtOnce(t *testing.T) {
 	e.up.Inject(upstreamtest.Fault{Stall: true, StallAfter: 4096, Times: limit})
 	ctx, cancel := context.WithCancel(withToken(context.Background(), token))
 	defer cancel()
+	var held []*service.Download
 	for range limit {
-		stream, err := e.client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+		d, err := e.open(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := stream.Recv(); err != nil {
 			t.Fatalf("a download within the limit: %v", err)
 		}
+		held = append(held, d)
 	}
 
 	_, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	st := status.Convert(err)
-	if st.Code() != codes.ResourceExhausted || reasonOf(st) != service.ReasonOverloaded || retryOf(st) <= 0 {
-		t.Fatalf("a download beyond the limit: %v %s (%v), want RESOURCE_EXHAUSTED %s with RetryInfo", st.Code(), reasonOf(st), err, service.ReasonOverloaded)
+	if st.Code() != codes.ResourceExhausted || reasonOf(st) != api.ReasonOverloaded || retryOf(st) <= 0 {
+		t.Fatalf("a download beyond the limit: %v %s (%v), want RESOURCE_EXHAUSTED %s with RetryInfo", st.Code(), reasonOf(st), err, api.ReasonOverloaded)
 	}
 	if n := e.up.RequestCount(); n != limit {
 		t.Errorf("upstream saw %d requests, want %d: a refused call never reaches it", n, limit)
 	}
 
-	// Cancelling frees the slots: wait for the server to notice, then a
-	// new download runs to its end.
-	cancel()
-	for _, r := range e.up.Requests() {
-		<-r.Done
+	// Closing frees the slots at once: a new download runs to its end.
+	for _, d := range held {
+		d.Close(context.Canceled)
 	}
-	for attempt := 0; ; attempt++ {
-		msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
-		if err == nil {
-			if got := checkStream(t, msgs, 0, service.MinChunkSize); len(got) != 1<<20 {
-				t.Errorf("got %d bytes, want the whole log", len(got))
-			}
-			break
-		}
-		if status.Code(err) != codes.ResourceExhausted || attempt == 3000 {
-			t.Fatalf("after the others ended: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond) // the handlers are returning
+	msgs, err := e.download(withToken(context.Background(), token), t, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	if err != nil {
+		t.Fatalf("after the others ended: %v", err)
+	}
+	if got := checkStream(t, msgs, 0, service.MinChunkSize); len(got) != 1<<20 {
+		t.Errorf("got %d bytes, want the whole log", len(got))
 	}
 }
 
@@ -596,17 +588,19 @@ func TestSlowUpstreamBytesFlowBeforeAChunkFills(t *testing.T) {
 	// first message never comes.
 	ctx, cancel := context.WithTimeout(withToken(context.Background(), token), time.Minute)
 	defer cancel()
-	stream, err := e.client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	d, err := e.open(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer d.Close(nil)
 	var got []byte
 	for len(got) < 5000 {
-		msg, err := stream.Recv()
+		c, err := d.Next()
 		if err != nil {
 			t.Fatalf("after %d bytes: %v, want the 5000 the upstream sent", len(got), err)
 		}
-		got = append(got, msg.GetData()...)
+		got = append(got, c.Data...)
+		c.Release()
 	}
 	if !bytes.Equal(got, upstreamtest.Generate(1<<20, "INFO", "stage1")[:5000]) {
 		t.Errorf("got %d bytes, want the log's first 5000", len(got))

@@ -165,8 +165,13 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(c)
 	}
-	if c.connectTimeout <= 0 || c.headerTimeout <= 0 || c.idleTimeout <= 0 {
-		return nil, errors.New("upstream timeouts must be positive")
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{{"upstream-connect-timeout", c.connectTimeout}, {"upstream-header-timeout", c.headerTimeout}, {"upstream-idle-timeout", c.idleTimeout}} {
+		if d.value <= 0 {
+			return nil, fmt.Errorf("%s must be positive, got %s", d.name, d.value)
+		}
 	}
 	if c.maxConns <= 0 {
 		return nil, errors.New("upstream connection limit must be positive")

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -40,9 +41,20 @@ func WithRetry(p RetryPolicy) Option {
 	return func(c *Client) { c.retry = p }
 }
 
+// Bounds of a [RetryPolicy]: more tries than these only hold callers up.
+const (
+	maxAttempts = 10
+	maxResumes  = 1000
+)
+
 func (p RetryPolicy) validate() error {
-	if p.Attempts < 1 || p.Backoff < 0 || p.MaxBackoff < p.Backoff || p.MaxResumes < 0 {
-		return errors.New("upstream retry policy: want Attempts ≥ 1, 0 ≤ Backoff ≤ MaxBackoff and MaxResumes ≥ 0")
+	switch {
+	case p.Attempts < 1 || p.Attempts > maxAttempts:
+		return fmt.Errorf("upstream-attempts %d is out of range: use 1 to %d", p.Attempts, maxAttempts)
+	case p.MaxResumes < 0 || p.MaxResumes > maxResumes:
+		return fmt.Errorf("upstream-max-resumes %d is out of range: use 0 to %d", p.MaxResumes, maxResumes)
+	case p.Backoff < 0 || p.MaxBackoff < p.Backoff:
+		return errors.New("upstream retry policy: want 0 ≤ Backoff ≤ MaxBackoff")
 	}
 	return nil
 }

@@ -29,9 +29,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/internal/benchproc"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -184,7 +184,7 @@ func dial(addr string) (*grpc.ClientConn, buildlogv1.BuildLogServiceClient, erro
 
 // grpcRead downloads the log into w, pausing after each message.
 func grpcRead(ctx context.Context, client buildlogv1.BuildLogServiceClient, w io.Writer, pause time.Duration) error {
-	ctx = metadata.AppendToOutgoingContext(ctx, service.TokenMetadataKey, token)
+	ctx = metadata.AppendToOutgoingContext(ctx, api.TokenMetadataKey, token)
 	stream, err := client.DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: task})
 	if err != nil {
 		return err

@@ -13,14 +13,14 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/buildlog/buildlog/api"
 	"github.com/buildlog/buildlog/client"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
-	"github.com/buildlog/buildlog/service"
 )
 
 const downloadHelp = `Usage: buildlog download --addr HOST:PORT --record-id ID --task-name NAME [flags]
@@ -136,7 +136,7 @@ func download(ctx context.Context, args []string, env environment) error {
 	defer conn.Close()
 	var md []string
 	if f.token != "" {
-		md = append(md, service.TokenMetadataKey, f.token)
+		md = append(md, api.TokenMetadataKey, f.token)
 	}
 	if f.security.bearer != "" {
 		md = append(md, "authorization", "Bearer "+f.security.bearer)
@@ -293,30 +293,25 @@ func (o *output) discard() {
 // message, and what the details add (upstream error code, request id, when
 // to retry, where to resume).
 func describe(err error) string {
-	st, ok := status.FromError(err)
+	e, ok := api.FromError(err)
 	if !ok {
 		return err.Error()
 	}
 	var notes []string
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.ErrorInfo:
-			md := d.GetMetadata()
-			if c := md[service.MetadataUpstreamErrorCode]; c != "" {
-				notes = append(notes, "upstream error "+c)
-			}
-			if id := md[service.MetadataRequestID]; id != "" {
-				notes = append(notes, "request id "+id)
-			}
-		case *errdetails.RetryInfo:
-			notes = append(notes, "retry after "+d.GetRetryDelay().AsDuration().String())
-		}
+	if c := e.Metadata[api.MetadataUpstreamErrorCode]; c != "" {
+		notes = append(notes, "upstream error "+c)
 	}
-	line := fmt.Sprintf("%s: %s", codeName(st.Code().String()), st.Message())
+	if id := e.Metadata[api.MetadataRequestID]; id != "" {
+		notes = append(notes, "request id "+id)
+	}
+	if e.RetryDelay > 0 {
+		notes = append(notes, "retry after "+e.RetryDelay.String())
+	}
 	var hint *hintError
 	if errors.As(err, &hint) {
 		notes = append(notes, hint.hint)
 	}
+	line := code.Code(e.Code).String() + ": " + e.Message
 	if len(notes) > 0 {
 		line += " (" + strings.Join(notes, ", ") + ")"
 	}
@@ -344,18 +339,15 @@ func withResumeHint(err error, f *downloadFlags, n int64) error {
 	if f.output != "" {
 		return err
 	}
-	var (
-		resume  int64 = -1
-		changed bool
-	)
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			changed = info.GetReason() == service.ReasonLogChanged
-			if v, perr := strconv.ParseInt(info.GetMetadata()[service.MetadataResumeOffset], 10, 64); perr == nil {
-				resume = v
-			}
-		}
+	e, ok := api.FromError(err)
+	if !ok {
+		return err
 	}
+	resume, perr := strconv.ParseInt(e.Metadata[api.MetadataResumeOffset], 10, 64)
+	if perr != nil {
+		resume = -1
+	}
+	changed := e.Reason == api.ReasonLogChanged
 	switch {
 	case changed:
 		return &hintError{err: err, hint: fmt.Sprintf("%d bytes written belong to the log's old version; discard them and download it again from the start", n)}
@@ -367,16 +359,4 @@ func withResumeHint(err error, f *downloadFlags, n int64) error {
 		hint += fmt.Sprintf(" --limit %d", f.limit-(resume-f.offset))
 	}
 	return &hintError{err: err, hint: hint}
-}
-
-// codeName spells a gRPC code as in the protocol, such as NOT_FOUND.
-func codeName(camel string) string {
-	var b strings.Builder
-	for i, r := range camel {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('_')
-		}
-		b.WriteRune(r)
-	}
-	return strings.ToUpper(b.String())
 }

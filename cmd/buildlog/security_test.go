@@ -42,13 +42,12 @@ func startTLSServer(t *testing.T, mtls bool) *tlsServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdminAddr: server.AdminOff, Upstream: up.URL, Logger: slog.New(slog.DiscardHandler),
-		TLSCertFile:      servertest.WriteFile(t, s.dir, "tls.crt", certPEM),
-		TLSKeyFile:       servertest.WriteFile(t, s.dir, "tls.key", keyPEM),
-		CallerTokensFile: servertest.WriteFile(t, s.dir, "callers", []byte(cliBearer+"\n")),
-		Credentials:      signer,
-	}
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.AdminAddr, cfg.Upstream, cfg.Logger = "127.0.0.1:0", "127.0.0.1:0", server.AdminOff, up.URL, slog.New(slog.DiscardHandler)
+	cfg.TLSCertFile = servertest.WriteFile(t, s.dir, "tls.crt", certPEM)
+	cfg.TLSKeyFile = servertest.WriteFile(t, s.dir, "tls.key", keyPEM)
+	cfg.CallerTokensFile = servertest.WriteFile(t, s.dir, "callers", []byte(cliBearer+"\n"))
+	cfg.Credentials = signer
 	if mtls {
 		cfg.TLSClientCAFile = s.caFile
 	}

@@ -6,10 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/service"
@@ -19,52 +19,26 @@ import (
 // envPrefix prefixes the environment variable of every flag.
 const envPrefix = "BUILDLOG_"
 
+// config is what the command line and environment set. The flags write to
+// server's Config, whose defaults (server.DefaultConfig) are theirs, and
+// whose settings server.New checks.
 type config struct {
-	grpcAddr        string
-	httpAddr        string
-	endpoint        string // from --upstream or --region
-	chunkSize       int
-	shutdownTimeout time.Duration
-	headerTimeout   time.Duration
-	idleTimeout     time.Duration
-	connectTimeout  time.Duration
-	attempts        int
-	maxResumes      int
-	maxDownloads    int
-	maxConnStreams  int
-	demo            bool
-	obs             obsConfig     // admin endpoints, logs, keepalive (observability.go)
-	security        securityFlags // see security.go
+	server    server.Config
+	demo      bool
+	logFormat string
+	logLevel  slog.Level
+	security  securityFlags // see security.go
 }
 
 // parseConfig reads flags, then BUILDLOG_<FLAG> variables for flags not
-// given, and checks the result.
+// given, and checks what only they can: the combinations of flags.
 func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Writer) (*config, error) {
-	var (
-		cfg         config
-		upstreamURL string
-		region      string
-		chunk       = byteSize(service.DefaultChunkSize)
-	)
+	cfg := config{server: server.DefaultConfig(), logFormat: "json", logLevel: slog.LevelInfo}
+	var upstreamURL, region string
 	fs := flag.NewFlagSet("buildlogd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.grpcAddr, "grpc-addr", server.DefaultGRPCAddr, "listen `address` of the gRPC service")
-	fs.StringVar(&cfg.httpAddr, "http-addr", server.DefaultHTTPAddr, "listen `address` of the REST mirror")
-	fs.StringVar(&upstreamURL, "upstream", "", "upstream API endpoint `URL` (https://, or http:// for loopback and mesh sidecars); overrides --region")
-	fs.StringVar(&region, "region", "", "Huawei Cloud `region` whose CodeArts Build endpoint to use (default "+upstream.DefaultRegion+")")
-	fs.Var(&chunk, "chunk-size", fmt.Sprintf("largest data `size` of one stream message, in bytes or with a KiB/MiB suffix, %s to %s",
-		byteSize(service.MinChunkSize), byteSize(service.MaxChunkSize)))
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight downloads may finish after SIGTERM before they are cancelled")
-	fs.DurationVar(&cfg.headerTimeout, "upstream-header-timeout", upstream.DefaultHeaderTimeout, "how long to wait for the upstream's response headers")
-	fs.DurationVar(&cfg.idleTimeout, "upstream-idle-timeout", upstream.DefaultIdleTimeout, "how long a download may wait for the upstream's next bytes before it fails")
-	fs.DurationVar(&cfg.connectTimeout, "upstream-connect-timeout", upstream.DefaultConnectTimeout, "how long opening a connection to the upstream may take, TLS handshake included")
-	fs.IntVar(&cfg.attempts, "upstream-attempts", upstream.DefaultRetryPolicy.Attempts, "how many times a failing upstream request is tried (502/503/504, network busy, connection errors), the first included; 1 turns retries and resumption off")
-	fs.IntVar(&cfg.maxResumes, "upstream-max-resumes", upstream.DefaultRetryPolicy.MaxResumes, "how many times one download may resume after the upstream's body broke off")
-	fs.IntVar(&cfg.maxDownloads, "max-downloads", server.DefaultMaxDownloads, "most downloads in flight, gRPC and REST together; beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429)")
-	fs.IntVar(&cfg.maxConnStreams, "max-streams-per-connection", server.DefaultMaxStreamsPerConnection, "most calls one client connection may have open at once (HTTP/2 streams), on both listeners; further calls wait for one of its own to end")
-	addObsFlags(fs, &cfg.obs)
+	registerFlags(fs, &cfg, &upstreamURL, &region)
 	cfg.security.register(fs)
-	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: buildlogd [flags]\n\n"+
 			"Serves buildlog.v1.BuildLogService (gRPC) and a REST mirror of\n"+
@@ -93,48 +67,67 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 	switch {
 	case cfg.demo:
 	case upstreamURL != "":
-		cfg.endpoint = upstreamURL
+		cfg.server.Upstream = upstreamURL
 	default:
-		endpoint, err := regionEndpoint(region)
+		region = cmp.Or(region, upstream.DefaultRegion)
+		endpoint, err := upstream.RegionEndpoint(region)
 		if err != nil {
 			return nil, fmt.Errorf("--region: %w", err)
 		}
-		cfg.endpoint = endpoint
+		cfg.server.Upstream = endpoint
 		if cfg.security.iamUser != "" && cfg.security.iamEndpoint == "" {
-			cfg.security.iamEndpoint = upstream.IAMRegionEndpoint(cmp.Or(region, upstream.DefaultRegion))
+			cfg.security.iamEndpoint = upstream.IAMRegionEndpoint(region)
 		}
 	}
-	cfg.chunkSize = int(chunk)
-	if cfg.chunkSize < service.MinChunkSize || cfg.chunkSize > service.MaxChunkSize {
-		return nil, fmt.Errorf("--chunk-size %s is out of range: use %s to %s", chunk, byteSize(service.MinChunkSize), byteSize(service.MaxChunkSize))
-	}
-	for _, d := range []struct {
-		name  string
-		value time.Duration
-	}{
-		{"shutdown-timeout", cfg.shutdownTimeout}, {"upstream-header-timeout", cfg.headerTimeout},
-		{"upstream-idle-timeout", cfg.idleTimeout}, {"upstream-connect-timeout", cfg.connectTimeout},
-	} {
-		if d.value <= 0 {
-			return nil, fmt.Errorf("--%s must be positive, got %s", d.name, d.value)
-		}
-	}
-	for _, n := range []struct {
-		name     string
-		value    int
-		min, max int
-	}{{"upstream-attempts", cfg.attempts, 1, 10}, {"upstream-max-resumes", cfg.maxResumes, 0, 1000}, {"max-downloads", cfg.maxDownloads, 1, 1 << 20}, {"max-streams-per-connection", cfg.maxConnStreams, 1, 1 << 20}} {
-		if n.value < n.min || n.value > n.max {
-			return nil, fmt.Errorf("--%s %d is out of range: use %d to %d", n.name, n.value, n.min, n.max)
-		}
+	switch cfg.logFormat {
+	case "json", "text":
+	default:
+		return nil, fmt.Errorf("--log-format %q: use json or text", cfg.logFormat)
 	}
 	if err := cfg.security.check(); err != nil {
 		return nil, err
 	}
-	if err := cfg.obs.check(); err != nil {
-		return nil, err
-	}
 	return &cfg, nil
+}
+
+// registerFlags defines the flags of the server's settings on fs.
+func registerFlags(fs *flag.FlagSet, cfg *config, upstreamURL, region *string) {
+	c, ka, retry := &cfg.server, &cfg.server.Keepalive, &cfg.server.UpstreamRetry
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "listen `address` of the gRPC service")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "listen `address` of the REST mirror")
+	fs.StringVar(&c.AdminAddr, "admin-addr", c.AdminAddr, "listen `address` of /healthz, /readyz, /metrics (and /debug/pprof/ with --pprof); \""+server.AdminOff+"\" for none")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the admin address")
+	fs.StringVar(upstreamURL, "upstream", "", "upstream API endpoint `URL` (https://, or http:// for loopback and mesh sidecars); overrides --region")
+	fs.StringVar(region, "region", "", "Huawei Cloud `region` whose CodeArts Build endpoint to use (default "+upstream.DefaultRegion+")")
+	fs.Var((*byteSize)(&c.ChunkSize), "chunk-size", fmt.Sprintf("largest data `size` of one stream message, in bytes or with a KiB/MiB suffix, %s to %s",
+		byteSize(service.MinChunkSize), byteSize(service.MaxChunkSize)))
+	fs.IntVar(&c.MaxDownloads, "max-downloads", c.MaxDownloads, "most downloads in flight, gRPC and REST together; beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429)")
+	fs.IntVar(&c.MaxStreamsPerConnection, "max-streams-per-connection", c.MaxStreamsPerConnection, "most calls one client connection may have open at once (HTTP/2 streams), on both listeners; further calls wait for one of its own to end")
+	fs.DurationVar(&c.CallerIdleTimeout, "caller-idle-timeout", c.CallerIdleTimeout, "end a download whose caller has accepted no bytes this long, freeing its slot (retryable, with resumeOffset); 0 for never")
+	fs.Func("cors-allowed-origins", "comma-separated `origins` (or *) whose browser pages may call the REST mirror; none by default", func(v string) error {
+		c.CORSAllowedOrigins = nil
+		for o := range strings.SplitSeq(v, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				c.CORSAllowedOrigins = append(c.CORSAllowedOrigins, o)
+			}
+		}
+		return nil
+	})
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight downloads may finish after SIGTERM before they are cancelled")
+	fs.DurationVar(&c.UpstreamHeaderTimeout, "upstream-header-timeout", c.UpstreamHeaderTimeout, "how long to wait for the upstream's response headers")
+	fs.DurationVar(&c.UpstreamIdleTimeout, "upstream-idle-timeout", c.UpstreamIdleTimeout, "how long a download may wait for the upstream's next bytes before it fails")
+	fs.DurationVar(&c.UpstreamConnectTimeout, "upstream-connect-timeout", c.UpstreamConnectTimeout, "how long opening a connection to the upstream may take, TLS handshake included")
+	fs.IntVar(&retry.Attempts, "upstream-attempts", retry.Attempts, "how many times a failing upstream request is tried (502/503/504, network busy, connection errors), the first included; 1 turns retries and resumption off")
+	fs.IntVar(&retry.MaxResumes, "upstream-max-resumes", retry.MaxResumes, "how many times one download may resume after the upstream's body broke off")
+	fs.StringVar(&cfg.logFormat, "log-format", cfg.logFormat, "log `format`: json (one JSON object a line) or text (key=value, for humans)")
+	fs.TextVar(&cfg.logLevel, "log-level", cfg.logLevel, "least `level` logged: debug, info, warn or error")
+	fs.DurationVar(&ka.Time, "keepalive-time", ka.Time, "ping a client after its connection is silent this long")
+	fs.DurationVar(&ka.Timeout, "keepalive-timeout", ka.Timeout, "close a connection whose ping is unanswered this long")
+	fs.DurationVar(&ka.MinTime, "keepalive-min-time", ka.MinTime, "shortest interval between client pings tolerated (more often: the connection is closed with ENHANCE_YOUR_CALM)")
+	fs.BoolVar(&ka.PermitWithoutStream, "keepalive-permit-without-stream", ka.PermitWithoutStream, "accept client pings on connections with no call in progress")
+	fs.DurationVar(&ka.MaxConnectionAge, "max-connection-age", ka.MaxConnectionAge, "ask clients to reconnect after a connection lived this long, so L4 balancers spread them over new replicas; 0 for never")
+	fs.DurationVar(&ka.MaxConnectionAgeGrace, "max-connection-age-grace", ka.MaxConnectionAgeGrace, "after --max-connection-age, how long calls in progress may finish before the connection closes; 0 for as long as they need")
+	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")
 }
 
 // upstreamFlags choose the upstream; only one may be given. A choice made on
@@ -164,13 +157,6 @@ func applyEnv(fs *flag.FlagSet, getenv func(string) (string, bool)) error {
 
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-func regionEndpoint(region string) (string, error) {
-	if region == "" {
-		region = upstream.DefaultRegion
-	}
-	return upstream.RegionEndpoint(region)
 }
 
 // byteSize is a flag value in bytes that accepts KiB and MiB suffixes.

@@ -158,7 +158,7 @@ func TestKubernetesManifests(t *testing.T) {
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
-	for name, addr := range map[string]string{"grpc": cfg.grpcAddr, "http": cfg.httpAddr, "admin": cfg.obs.adminAddr} {
+	for name, addr := range map[string]string{"grpc": cfg.server.GRPCAddr, "http": cfg.server.HTTPAddr, "admin": cfg.server.AdminAddr} {
 		if got, want := ports[name], addrPort(t, addr); got != want {
 			t.Errorf("container port %q = %d, want %d (buildlogd listens on %s)", name, got, want, addr)
 		}
@@ -173,8 +173,8 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	grace := time.Duration(d.Spec.Template.Spec.TerminationGracePeriodSeconds) * time.Second
 	preStop := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
-	if grace <= preStop+cfg.shutdownTimeout {
-		t.Errorf("terminationGracePeriodSeconds %s, want more than preStop %s + --shutdown-timeout %s", grace, preStop, cfg.shutdownTimeout)
+	if grace <= preStop+cfg.server.ShutdownTimeout {
+		t.Errorf("terminationGracePeriodSeconds %s, want more than preStop %s + --shutdown-timeout %s", grace, preStop, cfg.server.ShutdownTimeout)
 	}
 	if c.Resources.Requests["cpu"] == "" || c.Resources.Requests["memory"] == "" || c.Resources.Limits["memory"] == "" {
 		t.Errorf("resources %+v, want cpu and memory requests and a memory limit", c.Resources)
@@ -255,9 +255,9 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 	want := []string{
-		strconv.Itoa(addrPort(t, server.DefaultGRPCAddr)),
-		strconv.Itoa(addrPort(t, server.DefaultHTTPAddr)),
-		strconv.Itoa(addrPort(t, server.DefaultAdminAddr)),
+		strconv.Itoa(addrPort(t, server.DefaultConfig().GRPCAddr)),
+		strconv.Itoa(addrPort(t, server.DefaultConfig().HTTPAddr)),
+		strconv.Itoa(addrPort(t, server.DefaultConfig().AdminAddr)),
 	}
 	if !slices.Equal(expose, want) {
 		t.Errorf("EXPOSE %v, want buildlogd's default ports %v", expose, want)

@@ -20,7 +20,6 @@ import (
 
 	"github.com/buildlog/buildlog/internal/liblog"
 	"github.com/buildlog/buildlog/server"
-	"github.com/buildlog/buildlog/upstream"
 )
 
 func main() {
@@ -30,7 +29,7 @@ func main() {
 	// starts, so they are set here rather than in run, which tests call
 	// concurrently.
 	if cfg, err := parseConfig(os.Args[1:], os.LookupEnv, io.Discard); err == nil {
-		liblog.Install(cfg.obs.newLogger(os.Stderr))
+		liblog.Install(cfg.newLogger(os.Stderr))
 	}
 	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -47,7 +46,7 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 	if err != nil {
 		return err
 	}
-	logger := cfg.obs.newLogger(stderr)
+	logger := cfg.newLogger(stderr)
 	tp, stopTracing, err := newTracerProvider(ctx, getenv)
 	if err != nil {
 		return err
@@ -61,35 +60,15 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 			logger.Warn("flush traces", "error", err.Error())
 		}
 	}()
-	endpoint := cfg.endpoint
+	scfg := cfg.server
+	scfg.Logger, scfg.TracerProvider = logger, tp
 	if cfg.demo {
 		demo, err := startDemoUpstream()
 		if err != nil {
 			return err
 		}
 		defer demo.Close()
-		endpoint = demo.URL
-	}
-	retry := upstream.DefaultRetryPolicy
-	retry.Attempts, retry.MaxResumes = cfg.attempts, cfg.maxResumes
-	scfg := server.Config{
-		GRPCAddr:        cfg.grpcAddr,
-		HTTPAddr:        cfg.httpAddr,
-		Upstream:        endpoint,
-		ChunkSize:       cfg.chunkSize,
-		ShutdownTimeout: cfg.shutdownTimeout,
-		Logger:          logger,
-		AdminAddr:       cfg.obs.adminAddr,
-		Pprof:           cfg.obs.pprof,
-		Keepalive:       &cfg.obs.keepalive,
-		TracerProvider:  tp,
-
-		UpstreamHeaderTimeout:   cfg.headerTimeout,
-		UpstreamIdleTimeout:     cfg.idleTimeout,
-		UpstreamConnectTimeout:  cfg.connectTimeout,
-		UpstreamRetry:           &retry,
-		MaxDownloads:            cfg.maxDownloads,
-		MaxStreamsPerConnection: cfg.maxConnStreams,
+		scfg.Upstream = demo.URL
 	}
 	if err := cfg.security.apply(&scfg); err != nil {
 		return err

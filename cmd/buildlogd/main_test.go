@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"regexp"
@@ -13,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+
+	"github.com/buildlog/buildlog/server"
 )
 
 func TestMain(m *testing.M) {
@@ -33,12 +37,8 @@ func env(vars map[string]string) func(string) (string, bool) {
 // defaultConfig returns the configuration without flags or environment,
 // changed by each of edits.
 func defaultConfig(edits ...func(*config)) config {
-	c := config{
-		grpcAddr: ":9090", httpAddr: ":8080", endpoint: "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com",
-		chunkSize: 256 << 10, shutdownTimeout: 30 * time.Second,
-		headerTimeout: 30 * time.Second, idleTimeout: time.Minute, connectTimeout: 10 * time.Second,
-		attempts: 3, maxResumes: 8, maxDownloads: 512, maxConnStreams: 100,
-	}
+	c := config{server: server.DefaultConfig(), logFormat: "json", logLevel: slog.LevelInfo}
+	c.server.Upstream = "https://cloudbuild-ext.cn-north-4.myhuaweicloud.com"
 	for _, edit := range edits {
 		edit(&c)
 	}
@@ -60,67 +60,91 @@ func TestParseConfig(t *testing.T) {
 		},
 		{
 			name: "flags",
-			args: []string{"--grpc-addr", "127.0.0.1:1", "--http-addr=127.0.0.1:2", "--region", "ap-southeast-3", "--chunk-size", "128KiB", "--shutdown-timeout", "5s"},
+			args: []string{"--grpc-addr", "127.0.0.1:1", "--http-addr=127.0.0.1:2", "--region", "ap-southeast-3", "--chunk-size", "128KiB", "--shutdown-timeout", "5s",
+				"--caller-idle-timeout", "0", "--cors-allowed-origins", "https://a.example, https://b.example"},
 			want: defaultConfig(func(c *config) {
-				c.grpcAddr = "127.0.0.1:1"
-				c.httpAddr = "127.0.0.1:2"
-				c.endpoint = "https://cloudbuild-ext.ap-southeast-3.myhuaweicloud.com"
-				c.chunkSize = 128 << 10
-				c.shutdownTimeout = 5 * time.Second
+				c.server.GRPCAddr = "127.0.0.1:1"
+				c.server.HTTPAddr = "127.0.0.1:2"
+				c.server.Upstream = "https://cloudbuild-ext.ap-southeast-3.myhuaweicloud.com"
+				c.server.ChunkSize = 128 << 10
+				c.server.ShutdownTimeout = 5 * time.Second
+				c.server.CallerIdleTimeout = 0
+				c.server.CORSAllowedOrigins = []string{"https://a.example", "https://b.example"}
 			}),
 		},
 		{
 			name: "environment",
 			env:  map[string]string{"BUILDLOG_GRPC_ADDR": ":1", "BUILDLOG_UPSTREAM": "http://127.0.0.1:15001", "BUILDLOG_CHUNK_SIZE": "2048"},
-			want: defaultConfig(func(c *config) { c.grpcAddr = ":1"; c.endpoint = "http://127.0.0.1:15001"; c.chunkSize = 2048 }),
+			want: defaultConfig(func(c *config) {
+				c.server.GRPCAddr = ":1"
+				c.server.Upstream = "http://127.0.0.1:15001"
+				c.server.ChunkSize = 2048
+			}),
 		},
 		{
 			name: "flag beats environment",
 			args: []string{"--grpc-addr", ":2"},
 			env:  map[string]string{"BUILDLOG_GRPC_ADDR": ":1"},
-			want: defaultConfig(func(c *config) { c.grpcAddr = ":2" }),
+			want: defaultConfig(func(c *config) { c.server.GRPCAddr = ":2" }),
 		},
 		{
 			name: "--upstream beats BUILDLOG_REGION",
 			args: []string{"--upstream", "http://127.0.0.1:1"},
 			env:  map[string]string{"BUILDLOG_REGION": "cn-east-3"},
-			want: defaultConfig(func(c *config) { c.endpoint = "http://127.0.0.1:1" }),
+			want: defaultConfig(func(c *config) { c.server.Upstream = "http://127.0.0.1:1" }),
 		},
 		{
 			name: "--region beats BUILDLOG_UPSTREAM",
 			args: []string{"--region", "cn-east-3"},
 			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
-			want: defaultConfig(func(c *config) { c.endpoint = "https://cloudbuild-ext.cn-east-3.myhuaweicloud.com" }),
+			want: defaultConfig(func(c *config) { c.server.Upstream = "https://cloudbuild-ext.cn-east-3.myhuaweicloud.com" }),
 		},
 		{
 			name: "--demo beats BUILDLOG_UPSTREAM",
 			args: []string{"--demo"},
 			env:  map[string]string{"BUILDLOG_UPSTREAM": "http://127.0.0.1:1"},
-			want: defaultConfig(func(c *config) { c.demo = true; c.endpoint = "" }),
+			want: defaultConfig(func(c *config) { c.demo = true; c.server.Upstream = "" }),
 		},
 		{name: "upstream and region both in the environment", env: map[string]string{"BUILDLOG_UPSTREAM": "http://x", "BUILDLOG_REGION": "cn-north-4"}, wantErr: "not both"},
 		{
 			name: "demo",
 			env:  map[string]string{"BUILDLOG_DEMO": "true"},
-			want: defaultConfig(func(c *config) { c.demo = true; c.endpoint = "" }),
+			want: defaultConfig(func(c *config) { c.demo = true; c.server.Upstream = "" }),
+		},
+		{
+			name: "resilience settings",
+			args: []string{"--upstream-attempts", "5", "--upstream-max-resumes", "0", "--max-downloads", "64", "--upstream-connect-timeout", "2s", "--max-streams-per-connection", "8"},
+			want: defaultConfig(func(c *config) {
+				c.server.UpstreamRetry.Attempts, c.server.UpstreamRetry.MaxResumes = 5, 0
+				c.server.MaxDownloads, c.server.UpstreamConnectTimeout, c.server.MaxStreamsPerConnection = 64, 2*time.Second, 8
+			}),
+		},
+		{
+			name: "operations settings",
+			args: []string{"--admin-addr", "off", "--pprof", "--log-format", "text", "--log-level", "debug",
+				"--keepalive-time", "30s", "--keepalive-timeout", "5s", "--keepalive-min-time", "15s", "--keepalive-permit-without-stream=false",
+				"--max-connection-age", "10m", "--max-connection-age-grace", "2m"},
+			want: defaultConfig(func(c *config) {
+				c.server.AdminAddr, c.server.Pprof, c.logFormat, c.logLevel = "off", true, "text", slog.LevelDebug
+				c.server.Keepalive = server.Keepalive{Time: 30 * time.Second, Timeout: 5 * time.Second, MinTime: 15 * time.Second,
+					MaxConnectionAge: 10 * time.Minute, MaxConnectionAgeGrace: 2 * time.Minute}
+			}),
+		},
+		{
+			name: "operations settings from the environment",
+			env:  map[string]string{"BUILDLOG_ADMIN_ADDR": "127.0.0.1:9999", "BUILDLOG_LOG_LEVEL": "WARN", "BUILDLOG_MAX_CONNECTION_AGE": "5m"},
+			want: defaultConfig(func(c *config) {
+				c.server.AdminAddr, c.logLevel, c.server.Keepalive.MaxConnectionAge = "127.0.0.1:9999", slog.LevelWarn, 5*time.Minute
+			}),
 		},
 		{name: "bad environment value", env: map[string]string{"BUILDLOG_CHUNK_SIZE": "lots"}, wantErr: "BUILDLOG_CHUNK_SIZE"},
-		{name: "chunk too small", args: []string{"--chunk-size", "10"}, wantErr: "--chunk-size"},
-		{name: "chunk too large", args: []string{"--chunk-size", "3MiB"}, wantErr: "--chunk-size"},
 		{name: "unknown region", args: []string{"--region", "mars-1"}, wantErr: "unknown region"},
 		{name: "upstream and region", args: []string{"--upstream", "https://x", "--region", "cn-north-4"}, wantErr: "not both"},
 		{name: "demo and upstream", args: []string{"--demo", "--upstream", "https://x"}, wantErr: "--demo"},
 		{name: "stray argument", args: []string{"serve"}, wantErr: "unexpected argument"},
 		{name: "unknown flag", args: []string{"--port", "1"}, wantErr: "not defined"},
-		{name: "zero shutdown timeout", args: []string{"--shutdown-timeout", "0s"}, wantErr: "--shutdown-timeout"},
-		{name: "negative idle timeout", env: map[string]string{"BUILDLOG_UPSTREAM_IDLE_TIMEOUT": "-1s"}, wantErr: "--upstream-idle-timeout"},
-		{
-			name: "resilience settings",
-			args: []string{"--upstream-attempts", "5", "--upstream-max-resumes", "0", "--max-downloads", "64", "--upstream-connect-timeout", "2s"},
-			want: defaultConfig(func(c *config) { c.attempts, c.maxResumes, c.maxDownloads, c.connectTimeout = 5, 0, 64, 2*time.Second }),
-		},
-		{name: "zero attempts", args: []string{"--upstream-attempts", "0"}, wantErr: "--upstream-attempts"},
-		{name: "no downloads", env: map[string]string{"BUILDLOG_MAX_DOWNLOADS": "0"}, wantErr: "--max-downloads"},
+		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "log-level"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,11 +159,38 @@ func TestParseConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseConfig() error = %v", err)
 			}
-			got.obs = obsConfig{} // TestObsFlags checks these
-			if *got != tt.want {
-				t.Errorf("parseConfig() = %+v\nwant %+v", *got, tt.want)
+			if diff := cmp.Diff(tt.want, *got, cmp.AllowUnexported(config{}, securityFlags{})); diff != "" {
+				t.Errorf("parseConfig() (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// Settings out of range stop buildlogd at start, with a message naming
+// the setting as its flag does: the checks are the server's own.
+func TestRunRefusesBadSettings(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--chunk-size", "10"}, "chunk-size"},
+		{[]string{"--chunk-size", "3MiB"}, "chunk-size"},
+		{[]string{"--shutdown-timeout", "0s"}, "shutdown-timeout"},
+		{[]string{"--upstream-idle-timeout", "-1s"}, "upstream-idle-timeout"},
+		{[]string{"--upstream-attempts", "0"}, "upstream-attempts"},
+		{[]string{"--upstream-max-resumes", "1001"}, "upstream-max-resumes"},
+		{[]string{"--max-downloads", "0"}, "max-downloads"},
+		{[]string{"--max-streams-per-connection", "0"}, "max-streams-per-connection"},
+		{[]string{"--caller-idle-timeout", "-1s"}, "caller-idle-timeout"},
+		{[]string{"--keepalive-time", "0s"}, "keepalive-time"},
+		{[]string{"--max-connection-age", "-1m"}, "max-connection-age"},
+	}
+	for _, tt := range tests {
+		args := append([]string{"--demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "off"}, tt.args...)
+		if err := run(context.Background(), args, env(nil), io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("buildlogd %v: %v, want an error naming %s", tt.args, err, tt.wantErr)
+		}
 	}
 }
 

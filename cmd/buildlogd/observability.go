@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,62 +14,10 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
-
-	"github.com/buildlog/buildlog/server"
 )
 
-// obsConfig holds the settings for operating buildlogd: the admin
-// endpoints, logs and gRPC connection management.
-type obsConfig struct {
-	adminAddr string
-	pprof     bool
-	logFormat string
-	logLevel  slog.Level
-	keepalive server.Keepalive
-}
-
-// addObsFlags defines the flags of obsConfig on fs.
-func addObsFlags(fs *flag.FlagSet, c *obsConfig) {
-	ka := server.DefaultKeepalive()
-	c.keepalive = ka
-	fs.StringVar(&c.adminAddr, "admin-addr", server.DefaultAdminAddr, "listen `address` of /healthz, /readyz, /metrics (and /debug/pprof/ with --pprof); \""+server.AdminOff+"\" for none")
-	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the admin address")
-	fs.StringVar(&c.logFormat, "log-format", "json", "log `format`: json (one JSON object a line) or text (key=value, for humans)")
-	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "least `level` logged: debug, info, warn or error")
-	fs.DurationVar(&c.keepalive.Time, "keepalive-time", ka.Time, "ping a client after its connection is silent this long")
-	fs.DurationVar(&c.keepalive.Timeout, "keepalive-timeout", ka.Timeout, "close a connection whose ping is unanswered this long")
-	fs.DurationVar(&c.keepalive.MinTime, "keepalive-min-time", ka.MinTime, "shortest interval between client pings tolerated (more often: the connection is closed with ENHANCE_YOUR_CALM)")
-	fs.BoolVar(&c.keepalive.PermitWithoutStream, "keepalive-permit-without-stream", ka.PermitWithoutStream, "accept client pings on connections with no call in progress")
-	fs.DurationVar(&c.keepalive.MaxConnectionAge, "max-connection-age", ka.MaxConnectionAge, "ask clients to reconnect after a connection lived this long, so L4 balancers spread them over new replicas; 0 for never")
-	fs.DurationVar(&c.keepalive.MaxConnectionAgeGrace, "max-connection-age-grace", ka.MaxConnectionAgeGrace, "after --max-connection-age, how long calls in progress may finish before the connection closes; 0 for as long as they need")
-}
-
-// check validates c after parsing.
-func (c *obsConfig) check() error {
-	switch c.logFormat {
-	case "json", "text":
-	default:
-		return fmt.Errorf("--log-format %q: use json or text", c.logFormat)
-	}
-	for _, d := range []struct {
-		name string
-		ok   bool
-	}{
-		{"keepalive-time", c.keepalive.Time > 0},
-		{"keepalive-timeout", c.keepalive.Timeout > 0},
-		{"keepalive-min-time", c.keepalive.MinTime > 0},
-		{"max-connection-age", c.keepalive.MaxConnectionAge >= 0},
-		{"max-connection-age-grace", c.keepalive.MaxConnectionAgeGrace >= 0},
-	} {
-		if !d.ok {
-			return fmt.Errorf("--%s must be positive (0 is allowed for the connection age settings)", d.name)
-		}
-	}
-	return nil
-}
-
 // newLogger returns the logger c asks for, writing to w.
-func (c *obsConfig) newLogger(w io.Writer) *slog.Logger {
+func (c *config) newLogger(w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: c.logLevel}
 	if c.logFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))

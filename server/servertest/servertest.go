@@ -13,9 +13,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/server"
-	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -48,7 +48,11 @@ type Stack struct {
 // down cleanly.
 func Start(t testing.TB, chunkSize int) *Stack {
 	t.Helper()
-	return StartWith(t, func(c *server.Config) { c.ChunkSize = chunkSize })
+	return StartWith(t, func(c *server.Config) {
+		if chunkSize > 0 {
+			c.ChunkSize = chunkSize
+		}
+	})
 }
 
 // StartWith starts a stack whose configuration edit may change, and stops
@@ -59,14 +63,9 @@ func StartWith(t testing.TB, edit func(*server.Config)) *Stack {
 	t.Helper()
 	up := upstreamtest.NewServer()
 	up.AddToken(Token)
-	cfg := server.Config{
-		GRPCAddr:  "127.0.0.1:0",
-		HTTPAddr:  "127.0.0.1:0",
-		AdminAddr: "127.0.0.1:0",
-		Upstream:  up.URL,
-		Logger:    slog.New(slog.DiscardHandler),
-		Pprof:     true,
-	}
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Upstream, cfg.Logger, cfg.Pprof = up.URL, slog.New(slog.DiscardHandler), true
 	edit(&cfg)
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -133,7 +132,7 @@ func (s *Stack) Get(t testing.TB, path, token string, header ...string) (resp *h
 // Download runs a gRPC download with [Token] and returns the data received
 // and the error that ended the stream (nil for a complete one).
 func (s *Stack) Download(req *buildlogv1.DownloadTaskLogRequest) ([]byte, error) {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), service.TokenMetadataKey, Token)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, Token)
 	stream, err := s.Client.DownloadTaskLog(ctx, req)
 	if err != nil {
 		return nil, err

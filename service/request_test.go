@@ -1,13 +1,13 @@
 package service
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/codes"
 
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 )
 
@@ -47,18 +47,18 @@ func TestValidate(t *testing.T) {
 			t.Parallel()
 			req := valid()
 			tt.mutate(req)
-			err := validate(req)
+			err := validate(req, nil)
 			var got []string
-			var ire *invalidRequestError
-			if errors.As(err, &ire) {
-				for _, v := range ire.violations {
+			var e *api.Error
+			if errors.As(err, &e) && e.Code == codes.InvalidArgument && e.Reason == api.ReasonInvalidRequest {
+				for _, v := range e.Violations {
 					got = append(got, v.GetField())
 					if v.GetDescription() == "" {
 						t.Errorf("violation of %s has no description", v.GetField())
 					}
 				}
 			} else if err != nil {
-				t.Fatalf("validate() = %v, want nil or *invalidRequestError", err)
+				t.Fatalf("validate() = %v, want nil or an INVALID_REQUEST *api.Error", err)
 			}
 			if strings.Join(got, ",") != strings.Join(tt.wantFields, ",") {
 				t.Errorf("violations = %v, want %v", got, tt.wantFields)
@@ -67,43 +67,65 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestTokenFromContext(t *testing.T) {
+// A record id with a bad character is refused naming the character and
+// its position; one of the wrong length, its length. Problems the
+// transport found come first.
+func TestValidateMessages(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		id, want string
+	}{
+		{"0A1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", `record_id: must be 36 characters of [0-9a-z-] (lower case): character 2 is 'A'`},
+		{"0a1b2c3d/4e5f-4a6b-8c7d-9e0f1a2b3c4d", `character 9 is '/'`},
+		{"0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4é", `character 36 is 'é'`},
+		{"0a1b2c3d", "must be exactly 36 characters of [0-9a-z-], got 8"},
+	}
+	for _, tt := range tests {
+		err := validate(&buildlogv1.DownloadTaskLogRequest{RecordId: tt.id, TaskName: "stage1"}, nil)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("record id %q: %v, want a message with %q", tt.id, err, tt.want)
+		}
+	}
+	err := validate(&buildlogv1.DownloadTaskLogRequest{TaskName: "stage1"}, []Violation{{"offset", "must be a whole number of bytes, got \"abc\""}})
+	var e *api.Error
+	if !errors.As(err, &e) || len(e.Violations) != 2 || e.Violations[0].GetField() != "offset" || e.Violations[1].GetField() != "record_id" {
+		t.Errorf("validate with a transport's violation = %v, want offset then record_id", err)
+	}
+}
+
+func TestCallerToken(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name       string
-		md         metadata.MD
+		tokens     []string
 		want       string
 		wantReason string
 	}{
-		{"present", metadata.Pairs(TokenMetadataKey, "MIItoken"), "MIItoken", ""},
-		{"large", metadata.Pairs(TokenMetadataKey, strings.Repeat("t", 100_000)), strings.Repeat("t", 100_000), ""},
-		{"no metadata", nil, "", ReasonMissingToken},
-		{"empty", metadata.Pairs(TokenMetadataKey, ""), "", ReasonMissingToken},
-		{"two tokens", metadata.Pairs(TokenMetadataKey, "a", TokenMetadataKey, "b"), "", ReasonInvalidToken},
-		{"too long", metadata.Pairs(TokenMetadataKey, strings.Repeat("t", 100_001)), "", ReasonInvalidToken},
-		{"CR LF", metadata.Pairs(TokenMetadataKey, "abc\r\nX-Injected: 1"), "", ReasonInvalidToken},
-		{"space", metadata.Pairs(TokenMetadataKey, "abc def"), "", ReasonInvalidToken},
-		{"non-ASCII", metadata.Pairs(TokenMetadataKey, "abcé"), "", ReasonInvalidToken},
+		{"present", []string{"MIItoken"}, "MIItoken", ""},
+		{"large", []string{strings.Repeat("t", 100_000)}, strings.Repeat("t", 100_000), ""},
+		{"none", nil, "", api.ReasonMissingToken},
+		{"empty", []string{""}, "", api.ReasonMissingToken},
+		{"two tokens", []string{"a", "b"}, "", api.ReasonInvalidToken},
+		{"too long", []string{strings.Repeat("t", 100_001)}, "", api.ReasonInvalidToken},
+		{"CR LF", []string{"abc\r\nX-Injected: 1"}, "", api.ReasonInvalidToken},
+		{"space", []string{"abc def"}, "", api.ReasonInvalidToken},
+		{"non-ASCII", []string{"abcé"}, "", api.ReasonInvalidToken},
 	}
+	var s Service
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := context.Background()
-			if tt.md != nil {
-				ctx = metadata.NewIncomingContext(ctx, tt.md)
-			}
-			got, err := tokenFromContext(ctx)
-			var te *tokenError
+			got, err := s.callerToken(Caller{Tokens: tt.tokens})
+			var e *api.Error
 			switch {
 			case tt.wantReason == "" && err != nil:
-				t.Fatalf("tokenFromContext() error = %v", err)
-			case tt.wantReason != "" && (!errors.As(err, &te) || te.reason != tt.wantReason):
-				t.Fatalf("tokenFromContext() error = %v, want reason %s", err, tt.wantReason)
+				t.Fatalf("callerToken() error = %v", err)
+			case tt.wantReason != "" && (!errors.As(err, &e) || e.Reason != tt.wantReason || e.Code != codes.Unauthenticated):
+				t.Fatalf("callerToken() error = %v, want UNAUTHENTICATED %s", err, tt.wantReason)
 			case got != tt.want:
-				t.Errorf("tokenFromContext() = %.20q, want %.20q", got, tt.want)
+				t.Errorf("callerToken() = %.20q, want %.20q", got, tt.want)
 			}
-			if err != nil && len(tt.md.Get(TokenMetadataKey)) == 1 && len(tt.md.Get(TokenMetadataKey)[0]) > 3 &&
-				strings.Contains(err.Error(), tt.md.Get(TokenMetadataKey)[0]) {
+			if err != nil && len(tt.tokens) == 1 && len(tt.tokens[0]) > 3 && strings.Contains(err.Error(), tt.tokens[0]) {
 				t.Errorf("error message %q contains the token", err)
 			}
 		})

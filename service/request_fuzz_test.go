@@ -1,14 +1,12 @@
 package service
 
 import (
-	"context"
 	"net/url"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
-	"google.golang.org/grpc/metadata"
-
+	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/upstream"
 )
@@ -39,7 +37,7 @@ func FuzzValidate(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, recordID, taskName, token string, level int32, offset, limit int64) {
 		req := &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: taskName, LogLevel: buildlogv1.LogLevel(level), Offset: offset, Limit: limit}
-		if validate(req) == nil {
+		if validate(req, nil) == nil {
 			if len(recordID) != recordIDLength || strings.Trim(recordID, recordIDCharset) != "" {
 				t.Fatalf("accepted record_id %q", recordID)
 			}
@@ -59,9 +57,9 @@ func FuzzValidate(f *testing.F) {
 				t.Fatalf("upstream query %q (%v), want task_name = %q alone (with log_level)", parsed.RawQuery, err, taskName)
 			}
 		}
-		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(TokenMetadataKey, token))
-		if got, err := tokenFromContext(ctx); err == nil {
-			if got != token || len(got) > maxTokenLength || strings.ContainsFunc(got, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+		var s Service
+		if got, err := s.callerToken(Caller{Tokens: []string{token}}); err == nil {
+			if got != token || len(got) > api.MaxTokenLength || strings.ContainsFunc(got, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
 				t.Fatalf("accepted token %q", got)
 			}
 		} else if strings.Contains(err.Error(), token) && len(token) > 3 {

@@ -1,0 +1,87 @@
+// Package api holds what buildlog's servers and callers share beyond the
+// generated stubs (gen/buildlog/v1): the request metadata keys, the
+// google.rpc.ErrorInfo domain, reasons and metadata keys of its errors,
+// and [Error], the one error type of a download, with the gRPC status and
+// the REST answer derived from it side by side (error.go).
+//
+// It imports only the generated code and gRPC's status types, so a client
+// importing it pulls in nothing of the server.
+package api
+
+// Request metadata.
+const (
+	// TokenMetadataKey is the request metadata key that carries the
+	// caller's IAM token (REST: the X-Auth-Token header), sent upstream as
+	// X-Auth-Token.
+	TokenMetadataKey = "x-auth-token"
+	// MaxTokenLength is the longest token accepted, in bytes, as the
+	// upstream's OpenAPI definition allows.
+	MaxTokenLength = 100_000
+)
+
+// ErrorDomain is the google.rpc.ErrorInfo domain of every error buildlog
+// returns.
+const ErrorDomain = "buildlog"
+
+// ErrorInfo metadata keys.
+const (
+	// MetadataHTTPStatus is the upstream's HTTP status, such as "404".
+	MetadataHTTPStatus = "httpStatus"
+	// MetadataUpstreamErrorCode is the upstream's error_code, such as
+	// "CB.00060200", when it sent one.
+	MetadataUpstreamErrorCode = "upstreamErrorCode"
+	// MetadataRequestID is the upstream's request id, when it sent one.
+	MetadataRequestID = "requestId"
+	// MetadataResumeOffset is, after a failure, the log offset from which
+	// the caller should request the rest of the log.
+	MetadataResumeOffset = "resumeOffset"
+	// MetadataLogSize is the log's size in bytes, on OUT_OF_RANGE.
+	MetadataLogSize = "logSize"
+)
+
+// ErrorInfo reasons. Those of errors found by buildlog itself have no
+// UPSTREAM_ prefix.
+const (
+	ReasonInvalidRequest   = "INVALID_REQUEST"
+	ReasonMissingToken     = "MISSING_TOKEN"
+	ReasonInvalidToken     = "INVALID_TOKEN"
+	ReasonOffsetOutOfRange = "OFFSET_OUT_OF_RANGE"
+	ReasonCanceled         = "CANCELED"
+	ReasonDeadlineExceeded = "DEADLINE_EXCEEDED"
+	ReasonOverloaded       = "OVERLOADED"
+	// ReasonCallerIdle ends a download whose caller accepted no bytes for
+	// the server's caller idle timeout.
+	ReasonCallerIdle = "CALLER_IDLE"
+	// ReasonRangeNotSatisfiable is a REST Range that starts at or past the
+	// end of the log (HTTP 416).
+	ReasonRangeNotSatisfiable = "RANGE_NOT_SATISFIABLE"
+	// ReasonLogChanged: the log changed between a break and its
+	// resumption; start over.
+	ReasonLogChanged = "LOG_CHANGED"
+
+	ReasonUpstreamInvalidArgument    = "UPSTREAM_INVALID_ARGUMENT"
+	ReasonUpstreamUnauthenticated    = "UPSTREAM_UNAUTHENTICATED"
+	ReasonUpstreamPermissionDenied   = "UPSTREAM_PERMISSION_DENIED"
+	ReasonUpstreamNotFound           = "UPSTREAM_NOT_FOUND"
+	ReasonUpstreamUnimplemented      = "UPSTREAM_UNIMPLEMENTED"
+	ReasonUpstreamTimeout            = "UPSTREAM_TIMEOUT"
+	ReasonUpstreamConflict           = "UPSTREAM_CONFLICT"
+	ReasonUpstreamFailedPrecondition = "UPSTREAM_FAILED_PRECONDITION"
+	ReasonUpstreamRequestTooLarge    = "UPSTREAM_REQUEST_TOO_LARGE"
+	ReasonUpstreamOutOfRange         = "UPSTREAM_OUT_OF_RANGE"
+	ReasonUpstreamThrottled          = "UPSTREAM_THROTTLED"
+	ReasonUpstreamBusy               = "UPSTREAM_BUSY"
+	ReasonUpstreamRejected           = "UPSTREAM_REJECTED"
+	ReasonUpstreamInternal           = "UPSTREAM_INTERNAL"
+	ReasonUpstreamUnavailable        = "UPSTREAM_UNAVAILABLE"
+	ReasonUpstreamUnexpectedStatus   = "UPSTREAM_UNEXPECTED_STATUS"
+	ReasonUpstreamUnreachable        = "UPSTREAM_UNREACHABLE"
+	ReasonUpstreamInterrupted        = "UPSTREAM_INTERRUPTED"
+	ReasonUpstreamProtocolError      = "UPSTREAM_PROTOCOL_ERROR"
+
+	// The server's own upstream credentials (used for authenticated callers
+	// without a token) could not be obtained: IAM unreachable or failing,
+	// or refusing the server's password.
+	ReasonCredentialsUnavailable = "SERVER_CREDENTIALS_UNAVAILABLE"
+	ReasonCredentialsRejected    = "SERVER_CREDENTIALS_REJECTED"
+)

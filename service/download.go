@@ -1,0 +1,346 @@
+package service
+
+import (
+	"context"
+	"io"
+	"math"
+	"mime"
+	"path"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/buildlog/buildlog/api"
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/upstream"
+)
+
+// smallRange is the size below which a range known to fit in one chunk
+// gets a ring of its own size, cheaper than a pooled one the garbage
+// collector may have dropped.
+const smallRange = 32 << 10
+
+// defaultContentType is the media type of a log whose upstream answer named
+// none, or an invalid one.
+const defaultContentType = "application/octet-stream"
+
+// Download is one download in progress. Its caller pulls the log's chunks
+// with Next, in order, and ends it with Close. A Download is used by one
+// goroutine.
+type Download struct {
+	s     *Service
+	req   Request
+	ctx   context.Context // the caller's
+	start time.Time
+
+	// Set by Open once the upstream has answered.
+	cancel    context.CancelFunc // ends the upstream request
+	body      io.Closer
+	pump      *pump
+	ring      *[]byte // from s.rings; nil for a ring of the range's size
+	meta      *buildlogv1.LogMetadata
+	offset    int64 // where the range starts
+	pos       int64 // the log offset of the next chunk
+	remaining int64 // bytes of the range not yet handed out
+	size      int64 // the whole log's size, -1 unknown
+	admitted  bool
+
+	stopAbort func() bool // stops aborting the pump when the caller leaves
+
+	idle      *time.Timer // the caller idle timeout, while a chunk is out
+	idleFired atomic.Bool
+	ended     *api.Error
+	done      bool
+	abandoned bool
+}
+
+// Chunk is a piece of the log, lent to the caller of Next until Release.
+type Chunk struct {
+	// Data are the bytes; Offset is the log offset of Data[0].
+	Data   []byte
+	Offset int64
+	region *region
+}
+
+// Release gives the chunk's bytes back to the download, to be overwritten:
+// call it once they are written or copied, from any goroutine; a second
+// call does nothing. The download's buffer is reused only once every chunk
+// handed out was released, Close or not.
+func (c Chunk) Release() { c.region.release() }
+
+// Open starts a download: it authenticates the caller, validates the
+// request, takes a download slot and opens the log upstream, with retries.
+// On success its metadata is known, and the caller must Close it. The
+// error is an *api.Error.
+func (s *Service) Open(ctx context.Context, req Request) (*Download, error) {
+	d := &Download{s: s, req: req, ctx: ctx, start: time.Now()}
+	if err := d.open(); err != nil {
+		return nil, d.Close(err)
+	}
+	return d, nil
+}
+
+func (d *Download) open() error {
+	s, m := d.s, d.req.Message
+	token, err := s.callerToken(d.req.Caller)
+	if err != nil {
+		return err
+	}
+	if err := validate(m, d.req.Invalid); err != nil {
+		return err
+	}
+	if s.slots != nil {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			return overloadedError(cap(s.slots))
+		}
+	}
+	d.admitted = true
+	s.observer.Started(d.req.Transport)
+
+	d.offset, d.pos = m.GetOffset(), m.GetOffset()
+	d.remaining = m.GetLimit()
+	if d.remaining == 0 {
+		d.remaining = math.MaxInt64
+	}
+	ureq := upstream.Request{
+		RecordID: m.GetRecordId(),
+		TaskName: m.GetTaskName(),
+		LogLevel: upstreamLogLevel(m.GetLogLevel()),
+		Token:    token,
+		Offset:   d.offset,
+		Limit:    m.GetLimit(),
+	}
+	if d.req.Probe {
+		ureq.Limit = 1 // the answer's headers are what is wanted
+	}
+	// The upstream request has its own cancel, to release a read the pump
+	// is blocked in when the download ends first.
+	ctx, cancel := context.WithCancel(d.ctx)
+	d.cancel = cancel
+	if err := ctx.Err(); err != nil {
+		return err // the caller left: its request is never sent
+	}
+	log, err := s.source.DownloadTaskLog(ctx, ureq)
+	if err != nil {
+		return err
+	}
+	d.body, d.size = log.Body, log.Size
+	if log.Size >= 0 && d.offset > log.Size {
+		return offsetError(d.offset, log.Size)
+	}
+	// The metadata is read before the pump starts: a resumption updates
+	// log.RequestID from the pump's goroutine.
+	d.meta = logMetadata(m, log)
+	if d.req.Probe {
+		return nil
+	}
+	switch n := min(log.Size-d.offset, d.remaining); {
+	case log.Size >= 0 && n < smallRange:
+		d.pump = readInline(log.Body, make([]byte, max(n, 1)))
+	case log.Size >= 0 && n <= int64(s.chunkSize):
+		// The range fits in one chunk: reading ahead of it gains nothing.
+		// (What has arrived is still handed out as it arrives.)
+		d.ring = s.rings.Get().(*[]byte)
+		d.pump = readInline(log.Body, *d.ring)
+	default:
+		d.ring = s.rings.Get().(*[]byte)
+		d.pump = startPump(log.Body, *d.ring)
+	}
+	// When the caller leaves, a Next waiting for room in the ring returns:
+	// chunks handed to a stalled transport may never be released.
+	p := d.pump
+	d.stopAbort = context.AfterFunc(d.ctx, func() { p.abort(d.ctx.Err()) })
+	return nil
+}
+
+// Metadata describes the log: its media type, file name, size when the
+// upstream announced it, and the upstream's request id.
+func (d *Download) Metadata() *buildlogv1.LogMetadata { return d.meta }
+
+// Offset is where the requested range starts.
+func (d *Download) Offset() int64 { return d.offset }
+
+// Length is how many bytes the requested range holds, -1 when the log's
+// size is unknown.
+func (d *Download) Length() int64 {
+	if d.size < 0 {
+		return -1
+	}
+	return min(max(d.size-d.offset, 0), d.remaining)
+}
+
+// Next returns the next chunk of the range, up to the chunk size, as soon
+// as some bytes of it have arrived; io.EOF once the whole range was handed
+// out. Any other error ends the download: pass it to Close.
+func (d *Download) Next() (Chunk, error) {
+	d.stopIdle()
+	if d.remaining == 0 || d.pump == nil { // the range is over, or a probe
+		return Chunk{}, io.EOF
+	}
+	data, err := d.pump.next(min(int64(d.s.chunkSize), d.remaining))
+	if len(data) > 0 {
+		c := Chunk{Data: data, Offset: d.pos, region: d.pump.lend(len(data))}
+		d.pos += int64(len(data))
+		d.remaining -= int64(len(data))
+		d.s.observer.Relayed(d.req.Transport, len(data))
+		d.startIdle()
+		return c, nil
+	}
+	if err == io.EOF {
+		if d.size >= 0 && d.pos != d.size {
+			return Chunk{}, &interruptedError{resumeOffset: d.pos, requestID: d.meta.GetRequestId(), err: io.ErrUnexpectedEOF}
+		}
+		d.remaining = 0
+		return Chunk{}, io.EOF
+	}
+	return Chunk{}, &interruptedError{resumeOffset: d.pos, requestID: d.meta.GetRequestId(), err: err}
+}
+
+// Close ends the download and returns what its caller is to be told: nil
+// when err is nil (the range was delivered in full), else err as an
+// *api.Error, such as the one Next returned or a failure to write to the
+// caller. It releases the download's slot and upstream request at once,
+// and its buffer once every chunk is released. Later calls return the same.
+func (d *Download) Close(err error) error {
+	if d.done {
+		return errorOrNil(d.ended)
+	}
+	d.done = true
+	d.stopIdle()
+	switch {
+	case err == nil:
+	case d.idleFired.Load():
+		d.ended = callerIdleError(d.s.callerIdle, d.pos)
+	default:
+		d.ended = toError(d.ctx, err)
+	}
+	if d.cancel != nil {
+		d.cancel() // releases a read waiting on the upstream
+	}
+	if d.pump != nil {
+		d.stopAbort()
+		ring := d.ring
+		d.pump.stop(func() {
+			if ring != nil {
+				d.s.rings.Put(ring)
+			}
+		})
+	}
+	if d.body != nil {
+		d.body.Close()
+	}
+	if d.admitted && d.s.slots != nil {
+		<-d.s.slots
+	}
+	d.s.observer.Ended(d.ctx, &Ended{
+		Transport: d.req.Transport,
+		Request:   d.req.Message,
+		Err:       d.ended,
+		Bytes:     d.pos - d.offset,
+		Duration:  time.Since(d.start),
+		RequestID: d.meta.GetRequestId(),
+		Admitted:  d.admitted,
+		Abandoned: d.abandoned,
+	})
+	return errorOrNil(d.ended)
+}
+
+// startIdle starts the caller idle timeout as a chunk is handed out: when
+// it fires before the caller asks for the next one (its write of this one
+// is blocked), the write is interrupted.
+func (d *Download) startIdle() {
+	if d.s.callerIdle <= 0 || d.req.Interrupt == nil {
+		return
+	}
+	if d.idle == nil {
+		d.idle = time.AfterFunc(d.s.callerIdle, func() {
+			d.idleFired.Store(true)
+			d.req.Interrupt()
+		})
+		return
+	}
+	d.idle.Reset(d.s.callerIdle)
+}
+
+func (d *Download) stopIdle() {
+	if d.idle != nil {
+		d.idle.Stop()
+	}
+}
+
+// Abandon ends the download as Close does, for a transport that opens
+// the log again otherwise (a Range that the log's unknown size cannot
+// answer is served as the whole log): the observer hears of it as
+// abandoned, so that one request makes one access log line.
+func (d *Download) Abandon() {
+	d.abandoned = true
+	d.Close(nil)
+}
+
+// errorOrNil keeps a nil *api.Error from becoming a non-nil error.
+func errorOrNil(e *api.Error) error {
+	if e == nil {
+		return nil
+	}
+	return e
+}
+
+func upstreamLogLevel(l buildlogv1.LogLevel) string {
+	switch l {
+	case buildlogv1.LogLevel_LOG_LEVEL_INFO:
+		return "INFO"
+	case buildlogv1.LogLevel_LOG_LEVEL_DEBUG:
+		return "DEBUG"
+	}
+	return ""
+}
+
+// logMetadata describes the log for the first message.
+func logMetadata(req *buildlogv1.DownloadTaskLogRequest, log *upstream.Log) *buildlogv1.LogMetadata {
+	md := &buildlogv1.LogMetadata{
+		ContentType: defaultContentType,
+		FileName:    fileName(log.FileName, req.GetRecordId()+"-"+req.GetTaskName()+".log"),
+		RequestId:   log.RequestID,
+	}
+	if mt, params, err := mime.ParseMediaType(log.ContentType); err == nil {
+		if ct := mime.FormatMediaType(mt, params); ct != "" {
+			md.ContentType = ct
+		}
+	}
+	if log.Size >= 0 {
+		md.TotalSize = proto.Int64(log.Size)
+	}
+	return md
+}
+
+// maxFileName is the longest file name most file systems accept, in bytes.
+const maxFileName = 255
+
+// fileName returns a safe plain file name: the last path element of name (or
+// fallback when name has none), with characters outside [A-Za-z0-9._-]
+// replaced by "_" and no leading dot.
+func fileName(name, fallback string) string {
+	base := path.Base(strings.ReplaceAll(name, `\`, "/"))
+	if name == "" || base == "." || base == ".." || base == "/" {
+		base = fallback
+	}
+	var b strings.Builder
+	for _, r := range base {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		case r == '.' && b.Len() > 0:
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+		if b.Len() >= maxFileName {
+			break
+		}
+	}
+	return b.String()
+}
