@@ -52,6 +52,10 @@ const (
 	// ReasonCallerIdle ends a download whose caller accepted no bytes for
 	// the server's caller idle timeout.
 	ReasonCallerIdle = "CALLER_IDLE"
+	// ReasonConnectionClosing refuses a call on a connection being closed
+	// because its client cancelled calls faster than any client needs
+	// (HTTP/2 rapid reset): reconnect.
+	ReasonConnectionClosing = "CONNECTION_CLOSING"
 	// ReasonRangeNotSatisfiable is a REST Range that starts at or past the
 	// end of the log (HTTP 416).
 	ReasonRangeNotSatisfiable = "RANGE_NOT_SATISFIABLE"

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -22,10 +21,10 @@ import (
 // authenticates (a verified client certificate, a bearer token of
 // Config.CallerTokensFile; see service.WithServerCredentials).
 type security struct {
-	certs    *certFiles // nil without TLS
-	grpcOpts []grpc.ServerOption
-	upOpts   []upstream.Option
-	svcOpts  []service.Option
+	certs   *certFiles // nil without TLS
+	creds   credentials.TransportCredentials
+	upOpts  []upstream.Option
+	svcOpts []service.Option
 }
 
 // newSecurity checks cfg's security settings and builds what they need.
@@ -37,15 +36,14 @@ func newSecurity(cfg Config) (*security, error) {
 	if cfg.Credentials != nil && cfg.TLSClientCAFile == "" && cfg.CallerTokensFile == "" {
 		return nil, errors.New("server credentials would serve anonymous callers: also configure a TLS client CA or a caller tokens file")
 	}
-	var tc credentials.TransportCredentials = insecure.NewCredentials()
+	s.creds = insecure.NewCredentials()
 	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
 		var err error
 		if s.certs, err = newCertFiles(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile, cfg.Logger); err != nil {
 			return nil, err
 		}
-		tc = credentials.NewTLS(s.certs.serverConfig("h2"))
+		s.creds = credentials.NewTLS(s.certs.serverConfig("h2"))
 	}
-	s.grpcOpts = append(s.grpcOpts, grpc.Creds(tc))
 
 	var tokens service.CallerTokens
 	if cfg.CallerTokensFile != "" {

@@ -67,7 +67,11 @@ func grpcCaller(ctx context.Context) service.Caller {
 		Authorization: metadata.ValueFromIncomingContext(ctx, "authorization"),
 	}
 	if p, ok := peer.FromContext(ctx); ok {
-		ti, ok := p.AuthInfo.(credentials.TLSInfo)
+		info := p.AuthInfo
+		if g, ok := info.(guardedAuthInfo); ok {
+			info = g.AuthInfo
+		}
+		ti, ok := info.(credentials.TLSInfo)
 		c.CertVerified = ok && len(ti.State.VerifiedChains) > 0
 	}
 	return c
@@ -76,8 +80,8 @@ func grpcCaller(ctx context.Context) service.Caller {
 // interruptKey is the context key of a stream's interrupt (withInterrupt).
 type interruptKey struct{}
 
-// withInterrupt is the gRPC server's InTapHandle. It gives each stream's
-// transport context a cancel of its own, which its handler may call to end
+// withInterrupt gives each stream's transport context (see tapCall) a
+// cancel of its own, which its handler may call to end
 // a send blocked on a caller that reads nothing: grpc-go offers no other
 // way to unblock one. What was sent before still reaches the caller,
 // followed by the status, if it ever reads.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
@@ -155,5 +157,116 @@ func TestOneConnectionCannotTakeEverySlot(t *testing.T) {
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		t.Errorf("a call on another connection: %v, want it served", err)
+	}
+}
+
+// rapidReset opens streams on one HTTP/2 connection to addr and resets each
+// at once, up to n of them, until the server closes the connection. It
+// returns the error code of the server's GOAWAY (0xffffffff without one)
+// and how many streams it opened.
+func rapidReset(t *testing.T, addr string, n int, grpcCall bool) (http2.ErrCode, int) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	fr := http2.NewFramer(conn, conn)
+	goAway := make(chan http2.ErrCode, 1)
+	go func() {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				goAway <- 0xffffffff
+				return
+			}
+			if ga, ok := f.(*http2.GoAwayFrame); ok {
+				goAway <- ga.ErrCode
+				return
+			}
+		}
+	}()
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	request := []byte{0, 0, 0, 0, 0}
+	msg, _ := proto.Marshal(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"})
+	request[4] = byte(len(msg))
+	request = append(request, msg...)
+	conn.Write([]byte(http2.ClientPreface))
+	fr.WriteSettings()
+	// Streams are opened in batches, then reset: each batch's calls have
+	// started, some of them with their upstream requests.
+	const batch = 50
+	opened := 0
+	for opened < n {
+		var err error
+		for i := range batch {
+			id := uint32(2*(opened+i) + 1)
+			block.Reset()
+			fields := [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", logPath("stage1")}, {":authority", addr}, {"x-auth-token", token}}
+			if grpcCall {
+				fields = [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/buildlog.v1.BuildLogService/DownloadTaskLog"},
+					{":authority", addr}, {"content-type", "application/grpc"}, {"te", "trailers"}, {"x-auth-token", token}}
+			}
+			for _, f := range fields {
+				enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			if err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: !grpcCall}); err == nil && grpcCall {
+				err = fr.WriteData(id, true, request)
+			}
+		}
+		for i := 0; i < batch && err == nil; i++ {
+			err = fr.WriteRSTStream(uint32(2*(opened+i)+1), http2.ErrCodeCancel)
+		}
+		if err != nil {
+			break
+		}
+		opened += batch
+	}
+	return <-goAway, opened
+}
+
+// A client that opens streams and cancels them at once is cut off, on
+// both listeners: its connection closed with GOAWAY ENHANCE_YOUR_CALM and
+// one log line, after few of its streams reached the upstream.
+func TestRapidResetIsCutOff(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		grpc bool
+	}{{"gRPC", true}, {"REST", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			logs := &syncBuffer{}
+			s := servertest.StartWith(t, func(c *server.Config) {
+				c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+			})
+			s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 64 << 10})
+			addr := s.GRPCAddr
+			if !tc.grpc {
+				addr = strings.TrimPrefix(s.RESTURL, "http://")
+			}
+			const streams = 20_000
+			code, opened := rapidReset(t, addr, streams, tc.grpc)
+			if code != http2.ErrCodeEnhanceYourCalm {
+				t.Errorf("after %d reset streams: GOAWAY %v, want ENHANCE_YOUR_CALM", opened, code)
+			}
+			t.Logf("%d streams opened and reset; %d reached the upstream", opened, s.Upstream.RequestCount())
+			if n := s.Upstream.RequestCount(); n*100 >= opened {
+				t.Errorf("%d of %d reset streams reached the upstream, want under 1%%", n, opened)
+			}
+			if n := strings.Count(logs.String(), "closing connection"); n != 1 {
+				t.Errorf("%d log lines about closing the connection, want 1", n)
+			}
+			// Other connections are served.
+			if tc.grpc {
+				if _, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "stage1"}); err != nil {
+					t.Errorf("a download on another connection: %v", err)
+				}
+			} else if resp, _, err := s.Get(t, logPath("stage1"), token); err != nil || resp.StatusCode != http.StatusOK {
+				t.Errorf("a download on another connection: %v, %v", resp.Status, err)
+			}
+		})
 	}
 }

@@ -37,6 +37,9 @@ func (o observer) Ended(ctx context.Context, e *service.Ended) {
 	if e.Admitted {
 		o.metrics.active[e.Transport].Dec()
 	}
+	if g := guardFrom(ctx); g != nil && e.Err != nil && e.Err.Code == codes.Canceled && e.Bytes == 0 {
+		g.canceledEarly()
+	}
 	if e.Abandoned || !o.logger.Enabled(ctx, slog.LevelInfo) {
 		return
 	}

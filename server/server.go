@@ -104,11 +104,12 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConnection)),
 		grpc.MaxHeaderListSize(maxHeaderBytes),
 		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
-		grpc.InTapHandle(withInterrupt),
+		grpc.Creds(guardedCreds{TransportCredentials: sec.creds, logger: cfg.Logger}),
+		grpc.InTapHandle(tapCall),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor()),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
 		codecOption(),
-	), append(tr.grpcOptions(), sec.grpcOpts...)...)...)
+	), tr.grpcOptions()...)...)
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, grpcService{svc: svc})
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
@@ -126,6 +127,7 @@ func New(cfg Config) (*Server, error) {
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreamsPerConnection},
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          liblog.ErrorLog(cfg.Logger),
+		ConnContext:       s.restConnContext,
 	}
 	if err := s.listen(sec); err != nil {
 		s.grpcServer.Stop()
@@ -135,8 +137,9 @@ func New(cfg Config) (*Server, error) {
 }
 
 // restHandler is the REST mirror with what the HTTP transport adds around
-// it: CORS when origins are allowed, tracing, the HTTP metrics, and the
-// count of requests being served for the shutdown to wait for.
+// it: CORS when origins are allowed, tracing, the HTTP metrics, the hold
+// of a connection cut off (guard.go), and the count of requests being
+// served for the shutdown to wait for.
 func (s *Server) restHandler(tr tracing, mirror http.Handler) http.Handler {
 	h := s.metrics.restMetrics(tr.restHandler(mirror))
 	if len(s.cfg.CORSAllowedOrigins) > 0 {
@@ -151,7 +154,9 @@ func (s *Server) restHandler(tr tracing, mirror http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.restCalls.Add(1)
 		defer s.restCalls.Done()
-		h.ServeHTTP(w, r)
+		if !holdIfCutOff(w, r) {
+			h.ServeHTTP(w, r)
+		}
 	})
 }
 
