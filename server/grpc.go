@@ -2,13 +2,14 @@ package server
 
 import (
 	"context"
+	"errors"
 	"io"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/tap"
 
 	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
@@ -26,11 +27,13 @@ type grpcService struct {
 // DownloadTaskLog implements buildlogv1.BuildLogServiceServer.
 func (g grpcService) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, stream grpc.ServerStreamingServer[buildlogv1.DownloadTaskLogResponse]) error {
 	ctx := stream.Context()
-	d, err := g.svc.Open(ctx, service.Request{Message: req, Caller: grpcCaller(ctx), Transport: service.GRPC, Interrupt: interrupter(ctx)})
+	snd := startSender(stream)
+	defer snd.stop()
+	d, err := g.svc.Open(ctx, service.Request{Message: req, Caller: grpcCaller(ctx), Transport: service.GRPC, Interrupt: snd.interrupt})
 	if err != nil {
 		return err
 	}
-	msg := &lentChunk{DownloadTaskLogResponse: &buildlogv1.DownloadTaskLogResponse{Offset: d.Offset(), Metadata: d.Metadata()}}
+	metadata := d.Metadata()
 	for {
 		c, err := d.Next()
 		if err == io.EOF {
@@ -39,25 +42,72 @@ func (g grpcService) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, str
 		if err != nil {
 			return d.Close(err)
 		}
-		msg.Data, msg.Offset, msg.release, msg.taken = c.Data, c.Offset, c.Release, false
-		err = stream.SendMsg(msg)
-		if !msg.taken {
-			c.Release()
-		}
-		if err != nil {
+		msg := &lentChunk{DownloadTaskLogResponse: &buildlogv1.DownloadTaskLogResponse{Data: c.Data, Offset: c.Offset, Metadata: metadata}, release: c.Release}
+		if err := snd.send(msg); err != nil {
 			return d.Close(err)
 		}
-		msg.Metadata = nil
+		metadata = nil
 	}
-	if msg.Metadata != nil {
+	if metadata != nil {
 		// The range is empty: one message still carries the metadata, so
 		// callers always learn what the log is.
-		if err := stream.Send(msg.DownloadTaskLogResponse); err != nil {
+		msg := &lentChunk{DownloadTaskLogResponse: &buildlogv1.DownloadTaskLogResponse{Offset: d.Offset(), Metadata: metadata}, release: func() {}}
+		if err := snd.send(msg); err != nil {
 			return d.Close(err)
 		}
 	}
 	return d.Close(nil)
 }
+
+// sender sends a call's messages on a goroutine of its own, so that the
+// handler can end the call with its own status while a send is blocked on
+// a caller that reads nothing (the service's caller idle timeout): grpc-go's
+// SendMsg takes no deadline, and only the end of the call unblocks it, as
+// grpc-go's maintainers advise (grpc/grpc-go#1229). The blocked send then
+// fails, and its message goes nowhere.
+type sender struct {
+	stream      grpc.ServerStream
+	msgs        chan *lentChunk
+	results     chan error
+	interrupted chan struct{}
+	once        sync.Once
+}
+
+// errInterrupted ends a send that the service interrupted.
+var errInterrupted = errors.New("the send was interrupted")
+
+func startSender(stream grpc.ServerStream) *sender {
+	s := &sender{stream: stream, msgs: make(chan *lentChunk), results: make(chan error, 1), interrupted: make(chan struct{})}
+	go s.run()
+	return s
+}
+
+func (s *sender) run() {
+	for m := range s.msgs {
+		err := s.stream.SendMsg(m)
+		if !m.taken {
+			m.release()
+		}
+		s.results <- err
+	}
+}
+
+// send sends m and returns the send's error, or errInterrupted.
+func (s *sender) send(m *lentChunk) error {
+	s.msgs <- m
+	select {
+	case err := <-s.results:
+		return err
+	case <-s.interrupted:
+		return errInterrupted
+	}
+}
+
+// interrupt makes a send in progress, or the next, return at once.
+func (s *sender) interrupt() { s.once.Do(func() { close(s.interrupted) }) }
+
+// stop ends the sender once its send in progress, if any, is over.
+func (s *sender) stop() { close(s.msgs) }
 
 // grpcCaller is who makes the call of ctx: its token and authorization
 // metadata, and whether its connection's client certificate was verified.
@@ -75,27 +125,4 @@ func grpcCaller(ctx context.Context) service.Caller {
 		c.CertVerified = ok && len(ti.State.VerifiedChains) > 0
 	}
 	return c
-}
-
-// interruptKey is the context key of a stream's interrupt (withInterrupt).
-type interruptKey struct{}
-
-// withInterrupt gives each stream's transport context (see tapCall) a
-// cancel of its own, which its handler may call to end
-// a send blocked on a caller that reads nothing: grpc-go offers no other
-// way to unblock one. What was sent before still reaches the caller,
-// followed by the status, if it ever reads.
-func withInterrupt(ctx context.Context, _ *tap.Info) (context.Context, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	return context.WithValue(ctx, interruptKey{}, cancel), nil
-}
-
-// interrupter returns the interrupt withInterrupt gave the stream of ctx,
-// nil when there is none.
-func interrupter(ctx context.Context) func() {
-	cancel, _ := ctx.Value(interruptKey{}).(context.CancelFunc)
-	if cancel == nil {
-		return nil
-	}
-	return cancel
 }

@@ -95,8 +95,7 @@ var connectionClosing = &api.Error{Code: codes.Unavailable, Reason: api.ReasonCo
 
 // gRPC: the transport credentials give each connection a guard, through
 // its AuthInfo, and a way to close it with GOAWAY; the tap handle refuses
-// calls on a connection cut off, and gives each call the interrupt its
-// handler needs (see withInterrupt).
+// calls on a connection cut off.
 
 // guardedCreds wraps the gRPC server's transport credentials.
 type guardedCreds struct {
@@ -125,8 +124,8 @@ func (c guardedCreds) Clone() credentials.TransportCredentials {
 
 // tapCall is the gRPC server's InTapHandle, run for each new stream
 // before its handler: it refuses calls on a connection cut off, and gives
-// the others their connection's guard and an interrupt.
-func tapCall(ctx context.Context, info *tap.Info) (context.Context, error) {
+// the others their connection's guard.
+func tapCall(ctx context.Context, _ *tap.Info) (context.Context, error) {
 	if p, ok := peer.FromContext(ctx); ok {
 		if ga, ok := p.AuthInfo.(guardedAuthInfo); ok {
 			if ga.guard.isTripped() {
@@ -135,7 +134,7 @@ func tapCall(ctx context.Context, info *tap.Info) (context.Context, error) {
 			ctx = context.WithValue(ctx, guardKey{}, ga.guard)
 		}
 	}
-	return withInterrupt(ctx, info)
+	return ctx, nil
 }
 
 // goAwayConn is a server's HTTP/2 connection that can be closed with a

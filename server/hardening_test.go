@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -268,5 +270,91 @@ func TestRapidResetIsCutOff(t *testing.T) {
 				t.Errorf("a download on another connection: %v, %v", resp.Status, err)
 			}
 		})
+	}
+}
+
+// Readers that stop reading are ended after the caller idle timeout and
+// free their download slots; a gRPC reader that reads on learns where to
+// resume, a REST reader sees its transfer aborted. Waiting for the
+// upstream does not count.
+func TestIdleCallersFreeTheirSlots(t *testing.T) {
+	t.Parallel()
+	s := servertest.StartWith(t, func(c *server.Config) {
+		c.MaxDownloads, c.CallerIdleTimeout = 8, 300*time.Millisecond
+	})
+	s.Upstream.AddLog(recordID, "big", upstreamtest.Log{Size: 256 << 20})
+	s.Upstream.AddLog(recordID, "small", upstreamtest.Log{Size: 100})
+	// A small window, so that a reader that stops holds up the server's
+	// sends quickly.
+	conn, err := grpc.NewClient(s.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), api.TokenMetadataKey, servertest.Token)
+	var streams []grpc.ServerStreamingClient[buildlogv1.DownloadTaskLogResponse]
+	for range 4 {
+		stream, err := buildlogv1.NewBuildLogServiceClient(conn).DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "big"})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, stream)
+	}
+	var bodies []io.ReadCloser
+	for range 4 {
+		req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("big"), nil)
+		req.Header.Set("X-Auth-Token", servertest.Token)
+		resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Read(make([]byte, 1000))
+		bodies = append(bodies, resp.Body)
+	}
+
+	// Every slot is taken until the idle readers are ended.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		_, families := scrape(t, s)
+		grpcActive, _ := metricValue(families, "buildlog_active_streams", map[string]string{"path": "grpc"})
+		restActive, _ := metricValue(families, "buildlog_active_streams", map[string]string{"path": "rest"})
+		if grpcActive+restActive == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v gRPC and %v REST downloads still active, want the idle readers ended", grpcActive, restActive)
+		}
+	}
+	if _, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "small"}); err != nil {
+		t.Fatalf("a new download: %v, want it served once the idle readers are ended", err)
+	}
+	for i, stream := range streams {
+		var received int64 = 64 << 10 // about the first message
+		var err error
+		for err == nil {
+			var msg *buildlogv1.DownloadTaskLogResponse
+			if msg, err = stream.Recv(); err == nil {
+				received = msg.GetOffset() + int64(len(msg.GetData()))
+			}
+		}
+		e, _ := api.FromError(err)
+		if e.Code != codes.Unavailable || e.Reason != api.ReasonCallerIdle || e.Metadata[api.MetadataResumeOffset] != strconv.FormatInt(received, 10) {
+			t.Errorf("gRPC reader %d, after %d bytes: %v %v, want UNAVAILABLE %s with resumeOffset %d", i, received, e.Code, e.Metadata, api.ReasonCallerIdle, received)
+		}
+	}
+	for i, body := range bodies {
+		if n, err := io.Copy(io.Discard, body); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("REST reader %d: read %d more bytes, then %v; want the transfer aborted", i, n, err)
+		}
+		body.Close()
+	}
+
+	// An upstream slower than the caller idle timeout is waited for.
+	s.Upstream.Inject(upstreamtest.Fault{DripBytes: 20, DripEvery: 200 * time.Millisecond})
+	if data, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "small"}); err != nil || len(data) != 100 {
+		t.Errorf("a download from a slow upstream: %d bytes, %v; want all 100", len(data), err)
 	}
 }

@@ -43,6 +43,7 @@ type Download struct {
 	meta      *buildlogv1.LogMetadata
 	offset    int64 // where the range starts
 	pos       int64 // the log offset of the next chunk
+	out       int64 // the log offset of the chunk last handed out
 	remaining int64 // bytes of the range not yet handed out
 	size      int64 // the whole log's size, -1 unknown
 	admitted  bool
@@ -184,6 +185,7 @@ func (d *Download) Next() (Chunk, error) {
 	data, err := d.pump.next(min(int64(d.s.chunkSize), d.remaining))
 	if len(data) > 0 {
 		c := Chunk{Data: data, Offset: d.pos, region: d.pump.lend(len(data))}
+		d.out = d.pos
 		d.pos += int64(len(data))
 		d.remaining -= int64(len(data))
 		d.s.observer.Relayed(d.req.Transport, len(data))
@@ -214,7 +216,9 @@ func (d *Download) Close(err error) error {
 	switch {
 	case err == nil:
 	case d.idleFired.Load():
-		d.ended = callerIdleError(d.s.callerIdle, d.pos)
+		// The chunk out when the timeout fired was not accepted: the
+		// caller resumes at its first byte.
+		d.ended = callerIdleError(d.s.callerIdle, d.out)
 	default:
 		d.ended = toError(d.ctx, err)
 	}
