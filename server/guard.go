@@ -28,7 +28,7 @@ import (
 // further calls refused before they reach the service. The access log
 // gets one line for the connection, not one per call.
 const (
-	earlyCancelBurst = 32 // early cancels allowed at once
+	earlyCancelBurst = 16 // early cancels allowed at once
 	earlyCancelRate  = 8  // ... and per second after
 	// restPenalty holds each request of a REST connection that was cut
 	// off: net/http, with MaxStreamsPerConnection handlers held and four
