@@ -108,7 +108,8 @@ func run(bin string, streams int) error {
 		}
 		name := map[bool]string{true: "gRPC", false: "REST over TLS"}[grpcPort]
 		fmt.Printf("| rapid reset, %s | streams opened and reset | %d |\n", name, r.opened)
-		fmt.Printf("| rapid reset, %s | upstream requests | %d (%.2f%%) |\n", name, r.upstream, 100*float64(r.upstream)/float64(max(r.opened, 1)))
+		fmt.Printf("| rapid reset, %s | upstream requests (of the streams sent, of those opened) | %d (%.2f%%, %.2f%%) |\n", name, r.upstream,
+			100*float64(r.upstream)/float64(streams), 100*float64(r.upstream)/float64(max(r.opened, 1)))
 		fmt.Printf("| rapid reset, %s | GOAWAY | %s |\n", name, r.goAway)
 		fmt.Printf("| rapid reset, %s | log lines (per-stream, connection closed) | %d, %d |\n", name, r.streamLines, r.closeLines)
 	}
