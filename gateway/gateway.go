@@ -30,7 +30,13 @@ const Route = "/v4/{record_id}/task-log"
 // New returns the REST mirror's handler: GET and HEAD of [Route], served
 // by svc, and the OpenAPI document at [OpenAPIPath].
 func New(svc *service.Service) (http.Handler, error) {
-	mux := runtime.NewServeMux(runtime.WithRoutingErrorHandler(routingError))
+	mux := runtime.NewServeMux(
+		runtime.WithRoutingErrorHandler(routingError),
+		// An escaped "/" (or other reserved character) in the record id
+		// stays escaped, part of the id for the service to refuse by name,
+		// rather than a path separator that matches no route.
+		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
+	)
 	m := &mirror{svc: svc}
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		if err := mux.HandlePath(method, Route, m.serveLog); err != nil {
