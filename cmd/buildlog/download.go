@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -331,32 +330,27 @@ func (e *hintError) Unwrap() error { return e.err }
 func (e *hintError) GRPCStatus() *status.Status { return status.Convert(e.err) }
 
 // withResumeHint tells what to do after a download that broke off, having
-// written n bytes to stdout: when the server said where to resume, the same
-// command with the offset (and limit) of the missing part; when the log
-// changed under the download, to start over, since the bytes written belong
-// to its old version. A failed -o download leaves no file to continue.
+// written n bytes to stdout: when the server says the rest can be fetched
+// (its error carries a resumeOffset), the same command with the offset
+// (and limit) of the part not written; when the log changed under the
+// download, to start over, since the bytes written belong to its old
+// version. The offset is that of the bytes written, which the server's
+// resumeOffset never exceeds. A failed -o download leaves no file to
+// continue.
 func withResumeHint(err error, f *downloadFlags, n int64) error {
-	if f.output != "" {
-		return err
-	}
 	e, ok := api.FromError(err)
-	if !ok {
+	if f.output != "" || !ok {
 		return err
 	}
-	resume, perr := strconv.ParseInt(e.Metadata[api.MetadataResumeOffset], 10, 64)
-	if perr != nil {
-		resume = -1
+	if _, resumable := e.Metadata[api.MetadataResumeOffset]; !resumable {
+		return err
 	}
-	changed := e.Reason == api.ReasonLogChanged
-	switch {
-	case changed:
+	if e.Reason == api.ReasonLogChanged {
 		return &hintError{err: err, hint: fmt.Sprintf("%d bytes written belong to the log's old version; discard them and download it again from the start", n)}
-	case resume < f.offset:
-		return err
 	}
-	hint := fmt.Sprintf("%d bytes written; append the rest with --offset %d", resume-f.offset, resume)
+	hint := fmt.Sprintf("%d bytes written; append the rest with --offset %d", n, f.offset+n)
 	if f.limit > 0 {
-		hint += fmt.Sprintf(" --limit %d", f.limit-(resume-f.offset))
+		hint += fmt.Sprintf(" --limit %d", f.limit-n)
 	}
 	return &hintError{err: err, hint: hint}
 }
