@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,8 +9,10 @@ import (
 	"log/slog"
 	"strings"
 
-	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -47,7 +50,7 @@ func newTracerProvider(ctx context.Context, getenv func(string) (string, bool)) 
 	if !tracingEnabled(getenv) {
 		return noop.NewTracerProvider(), func(context.Context) error { return nil }, nil
 	}
-	exporter, err := autoexport.NewSpanExporter(ctx)
+	exporter, err := newSpanExporter(ctx, getenv)
 	if err != nil {
 		return nil, nil, fmt.Errorf("set up trace export from OTEL_* variables: %w", err)
 	}
@@ -61,4 +64,30 @@ func newTracerProvider(ctx context.Context, getenv func(string) (string, bool)) 
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
 	return tp, tp.Shutdown, nil
+}
+
+// newSpanExporter returns the span exporter OTEL_TRACES_EXPORTER names:
+// "otlp" (the default) over OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else
+// OTEL_EXPORTER_OTLP_PROTOCOL ("http/protobuf", the default, or "grpc"),
+// or "console". ("none" turns tracing off: see tracingEnabled.) The OTLP
+// exporters read their endpoint, headers and TLS settings from the
+// environment themselves. It is what contrib's autoexport does for traces,
+// without the metric and log exporters autoexport links in.
+func newSpanExporter(ctx context.Context, getenv func(string) (string, bool)) (sdktrace.SpanExporter, error) {
+	get := func(k string) string { v, _ := getenv(k); return strings.TrimSpace(v) }
+	switch name := get("OTEL_TRACES_EXPORTER"); name {
+	case "", "otlp":
+		switch protocol := cmp.Or(get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), get("OTEL_EXPORTER_OTLP_PROTOCOL")); protocol {
+		case "", "http/protobuf":
+			return otlptracehttp.New(ctx)
+		case "grpc":
+			return otlptracegrpc.New(ctx)
+		default:
+			return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL %q: use grpc or http/protobuf", protocol)
+		}
+	case "console":
+		return stdouttrace.New()
+	default:
+		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER %q: use otlp, console or none", name)
+	}
 }

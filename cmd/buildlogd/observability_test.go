@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -40,5 +42,36 @@ func TestTracerProviderOffByDefault(t *testing.T) {
 	defer span.End()
 	if span.IsRecording() || span.SpanContext().IsValid() {
 		t.Error("with no OTEL_* settings spans are recorded; want tracing off")
+	}
+}
+
+func TestNewSpanExporter(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env      map[string]string
+		wantType string // the exporter's type
+		wantErr  string
+	}{
+		{map[string]string{}, "*otlptrace.Exporter", ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "*otlptrace.Exporter", ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, "*otlptrace.Exporter", ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "console"}, "*stdouttrace.Exporter", ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, "", "OTEL_TRACES_EXPORTER"},
+		{map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "", "OTEL_EXPORTER_OTLP_PROTOCOL"},
+	} {
+		e, err := newSpanExporter(context.Background(), env(tc.env))
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%v: error %v, want one naming %s", tc.env, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", tc.env, err)
+		}
+		if got := fmt.Sprintf("%T", e); got != tc.wantType {
+			t.Errorf("%v: exporter %s, want %s", tc.env, got, tc.wantType)
+		}
+		e.Shutdown(context.Background())
 	}
 }
