@@ -13,12 +13,12 @@ import (
 // names are capped at 255 bytes, request ids at 128).
 const messageOverhead = 4 << 10
 
-// useBufferPool gives gRPC buffer pool tiers that fit stream messages. grpc-go's
-// default pool has tiers of 32 KiB and then 1 MiB, and zeroes a buffer's
-// whole capacity on every Get: a message of one 64 KiB chunk took a 1 MiB
-// buffer, so 16 bytes were cleared per byte relayed, the largest CPU cost of
-// a download. With a tier of each power-of-two chunk size plus
-// messageOverhead, the clearing is about one byte per byte. The proto codec
+// useBufferPool gives gRPC buffer pool tiers that fit stream messages.
+// grpc-go's default pool has tiers of 32 KiB and then 1 MiB, and zeroes a
+// buffer's whole capacity on every Get: a message of one 64 KiB chunk took
+// a 1 MiB buffer, so 16 bytes were cleared per byte relayed. With a tier of
+// each power-of-two chunk size plus messageOverhead, the clearing is about
+// one byte per byte. The proto codec
 // only uses the process-wide default pool, so New sets it, once per
 // process, before its gRPC server starts.
 func useBufferPool() { bufferPoolOnce.Do(setBufferPool) }
