@@ -131,7 +131,7 @@ func (h *limitHandler) Handle(ctx context.Context, r slog.Record) error {
 		k.suppressed++
 		k.held, k.heldBy = r.Clone(), h.Handler
 		if k.due == nil {
-			k.due = time.AfterFunc(time.Duration((1-k.tokens)*float64(l.interval)), func() { l.writeHeld(key) })
+			k.due = time.AfterFunc(time.Duration((1-k.tokens)*float64(l.interval)), func() { l.writeHeld(k) })
 		}
 		l.mu.Unlock()
 		return nil
@@ -146,11 +146,10 @@ func (h *limitHandler) Handle(ctx context.Context, r slog.Record) error {
 	return handle(ctx, h.Handler, r, n)
 }
 
-// writeHeld writes the last line held back of kind key, when its turn has
-// come and no other line of the kind took it.
-func (l *limiter) writeHeld(key string) {
+// writeHeld writes the last line held back of k, when its turn has come
+// and no other line of the kind took it.
+func (l *limiter) writeHeld(k *kind) {
 	l.mu.Lock()
-	k := l.kinds[key]
 	k.due = nil
 	if k.suppressed == 0 || !l.spend(k, time.Now()) {
 		l.mu.Unlock()

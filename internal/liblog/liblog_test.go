@@ -128,3 +128,24 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// Lines of more kinds than are tracked share one budget, and its held
+// lines are written as any others' (an attacker chooses what some lines
+// say: an ALPN name in a failed TLS handshake).
+func TestLimitManyKinds(t *testing.T) {
+	t.Parallel()
+	var buf syncBuffer
+	l := slog.New(newLimitHandler(slog.NewJSONHandler(&buf, nil), 1, 500*time.Millisecond))
+	for i := range 3 * maxKinds {
+		l.Warn(fmt.Sprintf("tls: unsupported application protocols [%s]", strings.Repeat("x", i%200+1)))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(buf.String(), `"suppressed"`) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Each budget (maxKinds of their own, and the one they share) writes
+	// its burst of one line and one summary at most.
+	if n := strings.Count(buf.String(), "\n"); n > 2*(maxKinds+1) {
+		t.Errorf("%d lines of %d kinds, want at most %d", n, 200, 2*(maxKinds+1))
+	}
+}
