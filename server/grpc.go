@@ -92,14 +92,25 @@ func (s *sender) run() {
 	}
 }
 
-// send sends m and returns the send's error, or errInterrupted.
+// send sends m and returns the send's error, or errInterrupted: then m
+// may still be sent, as the call ends (but nothing after it).
 func (s *sender) send(m *lentChunk) error {
-	s.msgs <- m
+	select {
+	case <-s.interrupted:
+		m.release()
+		return errInterrupted
+	case s.msgs <- m:
+	}
 	select {
 	case err := <-s.results:
 		return err
 	case <-s.interrupted:
-		return errInterrupted
+		select {
+		case err := <-s.results: // a send that completed as it was interrupted
+			return err
+		default:
+			return errInterrupted
+		}
 	}
 }
 

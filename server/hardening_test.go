@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -358,5 +359,35 @@ func TestIdleCallersFreeTheirSlots(t *testing.T) {
 	s.Upstream.Inject(upstreamtest.Fault{DripBytes: 20, DripEvery: 200 * time.Millisecond})
 	if data, err := s.Download(&buildlogv1.DownloadTaskLogRequest{RecordId: recordID, TaskName: "small"}); err != nil || len(data) != 100 {
 		t.Errorf("a download from a slow upstream: %d bytes, %v; want all 100", len(data), err)
+	}
+}
+
+// A caller idle timeout that fires as its download ends never reaches the
+// transport after the handler has returned (it crashed the process on
+// HTTP/2, and broke the next request of an HTTP/1.1 connection).
+func TestIdleTimeoutRacingTheEndOfADownload(t *testing.T) {
+	t.Parallel()
+	s := servertest.StartWith(t, func(c *server.Config) { c.CallerIdleTimeout = 50 * time.Microsecond })
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 40 << 10})
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	clients := []*http.Client{{Transport: &http.Transport{Protocols: &h2c}}, {Transport: &http.Transport{}}}
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Go(func() {
+			defer c.CloseIdleConnections()
+			for range 500 {
+				req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
+				req.Header.Set("X-Auth-Token", servertest.Token)
+				if resp, err := c.Do(req); err == nil {
+					io.Copy(io.Discard, resp.Body) // complete, or cut by the timeout
+					resp.Body.Close()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if resp, _, err := s.Get(t, "/openapi.json", ""); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("the server after the race: %v, %v", resp.Status, err)
 	}
 }

@@ -2,12 +2,13 @@ package service
 
 import (
 	"context"
+	"errors"
 	"io"
 	"math"
 	"mime"
 	"path"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -50,11 +51,15 @@ type Download struct {
 
 	stopAbort func() bool // stops aborting the pump when the caller leaves
 
-	idle      *time.Timer // the caller idle timeout, while a chunk is out
-	idleFired atomic.Bool
-	ended     *api.Error
-	done      bool
-	abandoned bool
+	idle *time.Timer // the caller idle timeout, while a chunk is out
+	// idleMu orders the timeout's interrupt with Close: no interrupt runs
+	// once the download is closed, when its transport may be gone.
+	idleMu     sync.Mutex
+	idleFired  bool
+	idleClosed bool
+	ended      *api.Error
+	done       bool
+	abandoned  bool
 }
 
 // Chunk is a piece of the log, lent to the caller of Next until Release.
@@ -178,7 +183,10 @@ func (d *Download) Length() int64 {
 // as some bytes of it have arrived; io.EOF once the whole range was handed
 // out. Any other error ends the download: pass it to Close.
 func (d *Download) Next() (Chunk, error) {
-	d.stopIdle()
+	if d.stopIdle() {
+		// The timeout fired as the caller took the last chunk: it is over.
+		return Chunk{}, callerIdleError(d.s.callerIdle, d.pos)
+	}
 	if d.remaining == 0 || d.pump == nil { // the range is over, or a probe
 		return Chunk{}, io.EOF
 	}
@@ -212,10 +220,16 @@ func (d *Download) Close(err error) error {
 		return errorOrNil(d.ended)
 	}
 	d.done = true
-	d.stopIdle()
+	fired := d.stopIdle()
+	d.idleMu.Lock()
+	d.idleClosed, fired = true, fired || d.idleFired
+	d.idleMu.Unlock()
+	var e *api.Error
 	switch {
 	case err == nil:
-	case d.idleFired.Load():
+	case errors.As(err, &e) && e.Reason == api.ReasonCallerIdle:
+		d.ended = e // from Next
+	case fired:
 		// The chunk out when the timeout fired was not accepted: the
 		// caller resumes at its first byte.
 		d.ended = callerIdleError(d.s.callerIdle, d.out)
@@ -262,18 +276,27 @@ func (d *Download) startIdle() {
 	}
 	if d.idle == nil {
 		d.idle = time.AfterFunc(d.s.callerIdle, func() {
-			d.idleFired.Store(true)
-			d.req.Interrupt()
+			d.idleMu.Lock()
+			defer d.idleMu.Unlock()
+			if !d.idleClosed {
+				d.idleFired = true
+				d.req.Interrupt()
+			}
 		})
 		return
 	}
 	d.idle.Reset(d.s.callerIdle)
 }
 
-func (d *Download) stopIdle() {
-	if d.idle != nil {
-		d.idle.Stop()
+// stopIdle stops the caller idle timeout and reports whether it fired.
+func (d *Download) stopIdle() bool {
+	if d.idle == nil {
+		return false
 	}
+	d.idle.Stop()
+	d.idleMu.Lock()
+	defer d.idleMu.Unlock()
+	return d.idleFired
 }
 
 // Abandon ends the download as Close does, for a transport that opens
