@@ -67,7 +67,6 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	useBufferPool()
 	tr := newTracing(cfg.TracerProvider)
 	m := newMetrics()
 	sec, err := newSecurity(cfg)
