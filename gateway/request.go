@@ -79,8 +79,10 @@ func readRequest(r *http.Request, recordID string) request {
 		}
 		*f.to = n
 	}
-	if br, ok := parseRange(r.Header.Values("Range")); ok && r.Header.Get("If-Range") == "" {
-		// An If-Range never matches: the mirror sends no validators.
+	// An If-Range never matches: the mirror sends no validators. A range of
+	// the whole log ("bytes=0-") is the same as none, with no second
+	// request when the log's size is unknown.
+	if br, ok := parseRange(r.Header.Values("Range")); ok && r.Header.Get("If-Range") == "" && (br.first > 0 || br.last >= 0) {
 		if hasOffset || hasLimit {
 			bad("Range", "give a byte range either as a Range header or as offset and limit query parameters, not both")
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -69,15 +68,16 @@ type sender struct {
 	stream      grpc.ServerStream
 	msgs        chan *lentChunk
 	results     chan error
-	interrupted chan struct{}
-	once        sync.Once
+	interrupted context.Context
+	interrupt   context.CancelFunc // makes a send in progress, or the next, return at once
 }
 
 // errInterrupted ends a send that the service interrupted.
 var errInterrupted = errors.New("the send was interrupted")
 
 func startSender(stream grpc.ServerStream) *sender {
-	s := &sender{stream: stream, msgs: make(chan *lentChunk), results: make(chan error, 1), interrupted: make(chan struct{})}
+	s := &sender{stream: stream, msgs: make(chan *lentChunk), results: make(chan error, 1)}
+	s.interrupted, s.interrupt = context.WithCancel(context.Background())
 	go s.run()
 	return s
 }
@@ -96,7 +96,7 @@ func (s *sender) run() {
 // may still be sent, as the call ends (but nothing after it).
 func (s *sender) send(m *lentChunk) error {
 	select {
-	case <-s.interrupted:
+	case <-s.interrupted.Done():
 		m.release()
 		return errInterrupted
 	case s.msgs <- m:
@@ -104,7 +104,7 @@ func (s *sender) send(m *lentChunk) error {
 	select {
 	case err := <-s.results:
 		return err
-	case <-s.interrupted:
+	case <-s.interrupted.Done():
 		select {
 		case err := <-s.results: // a send that completed as it was interrupted
 			return err
@@ -114,11 +114,11 @@ func (s *sender) send(m *lentChunk) error {
 	}
 }
 
-// interrupt makes a send in progress, or the next, return at once.
-func (s *sender) interrupt() { s.once.Do(func() { close(s.interrupted) }) }
-
 // stop ends the sender once its send in progress, if any, is over.
-func (s *sender) stop() { close(s.msgs) }
+func (s *sender) stop() {
+	s.interrupt()
+	close(s.msgs)
+}
 
 // grpcCaller is who makes the call of ctx: its token and authorization
 // metadata, and whether its connection's client certificate was verified.

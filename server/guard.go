@@ -19,23 +19,29 @@ import (
 	"github.com/buildlog/buildlog/service"
 )
 
-// Rapid reset. A client may open HTTP/2 streams and cancel them at once,
-// faster than any work could be refused, to make the server start calls
-// (and upstream requests) for nothing. Each client connection gets a
-// guard, which counts the downloads its client cancelled before they
-// delivered a byte; a client doing that faster than early cancels allow is
-// cut off: its connection closed with GOAWAY ENHANCE_YOUR_CALM, and its
-// further calls refused before they reach the service. The access log
-// gets one line for the connection, not one per call.
+// Rapid reset. A client may open HTTP/2 streams and cancel them at once
+// (or give them a deadline as short), faster than any work could be
+// refused, to make the server start calls (and upstream requests) for
+// nothing. Each client connection gets a guard, which counts the downloads
+// its client ended that way, without a byte and within earlyWindow; a
+// client doing that faster than early cancels allow is cut off: its
+// connection sent GOAWAY ENHANCE_YOUR_CALM and closed soon after, and its
+// further calls refused before they reach the service. The access log gets
+// one line for the connection, not one per call.
 const (
 	earlyCancelBurst = 16 // early cancels allowed at once
 	earlyCancelRate  = 8  // ... and per second after
 	// restPenalty holds each request of a REST connection that was cut
-	// off: net/http, with MaxStreamsPerConnection handlers held and four
-	// times as many waiting, then closes the connection itself with
+	// off, until it closes: net/http, with MaxStreamsPerConnection
+	// handlers held and four times as many waiting, closes it sooner, with
 	// GOAWAY ENHANCE_YOUR_CALM ("too_many_early_resets").
 	restPenalty = time.Second
 )
+
+// earlyWindow is how soon after it started a download must end, without
+// a byte, to count as cancelled early: calls given up on after a slow
+// upstream are not rapid resets.
+const earlyWindow = time.Second
 
 // connGuard watches one client connection.
 type connGuard struct {
@@ -55,9 +61,13 @@ func newConnGuard(logger *slog.Logger, t service.Transport, remote net.Addr, cut
 	return &connGuard{logger: logger, transport: t, remote: remote.String(), cutOff: cutOff, tokens: earlyCancelBurst, last: time.Now()}
 }
 
-// canceledEarly counts a download the client cancelled before it
-// delivered a byte, and cuts the connection off when there were too many.
-func (g *connGuard) canceledEarly() {
+// ended counts a download of the connection that ended, cancelled early
+// (or past a deadline the client set as short), and cuts the connection
+// off when there were too many.
+func (g *connGuard) ended(e *service.Ended) {
+	if e.Err == nil || e.Bytes > 0 || e.Duration > earlyWindow || (e.Err.Code != codes.Canceled && e.Err.Code != codes.DeadlineExceeded) {
+		return
+	}
 	g.mu.Lock()
 	now := time.Now()
 	g.tokens = min(earlyCancelBurst, g.tokens+now.Sub(g.last).Seconds()*earlyCancelRate)
@@ -148,11 +158,11 @@ type goAwayConn struct {
 	headLen int
 	left    int  // bytes of the current frame's payload still to write
 	pending bool // write the GOAWAY at the next frame boundary
-	closed  bool
 }
 
 // goAwayFrame is GOAWAY ENHANCE_YOUR_CALM with the last stream id left at
-// its largest value: the client must retry none of its calls.
+// its largest value: the calls under way may end, and the client must
+// retry none of them.
 var goAwayFrame = func() []byte {
 	debug := "too_many_early_resets"
 	f := make([]byte, 9+8+len(debug))
@@ -163,46 +173,33 @@ var goAwayFrame = func() []byte {
 	return f
 }()
 
-// goAway writes the GOAWAY and closes the connection, at once when no
-// frame is half written, else once it is (or after a second at most).
+// goAwayGrace is how long the calls under way on a connection cut off may
+// go on before it closes; meanwhile its new calls are refused.
+const goAwayGrace = 2 * time.Second
+
+// goAway writes the GOAWAY (at once when no frame is half written, else
+// as soon as it is) and closes the connection after goAwayGrace.
 func (c *goAwayConn) goAway() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.headLen == 0 && c.left == 0 {
-		c.closeLocked()
-		return
-	}
-	c.pending = true
-	time.AfterFunc(time.Second, func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		c.closed = true
-		c.Conn.Close()
-	})
-}
-
-func (c *goAwayConn) closeLocked() {
-	if !c.closed {
 		c.Conn.Write(goAwayFrame)
-		c.closed = true
-		c.Conn.Close()
+	} else {
+		c.pending = true
 	}
+	c.mu.Unlock()
+	time.AfterFunc(goAwayGrace, func() { c.Conn.Close() })
 }
 
 func (c *goAwayConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return 0, net.ErrClosed
-	}
-	n := 0
-	for n < len(p) {
-		switch {
-		case c.left > 0:
+	written := 0
+	for n := 0; n < len(p); {
+		if c.left > 0 {
 			k := min(c.left, len(p)-n)
 			c.left -= k
 			n += k
-		default:
+		} else {
 			k := copy(c.head[c.headLen:], p[n:])
 			c.headLen += k
 			n += k
@@ -211,22 +208,28 @@ func (c *goAwayConn) Write(p []byte) (int, error) {
 			}
 		}
 		if c.pending && c.left == 0 && c.headLen == 0 {
-			w, err := c.Conn.Write(p[:n])
-			if err == nil {
-				c.closeLocked()
+			w, err := c.Conn.Write(p[written:n])
+			if written += w; err != nil {
+				return written, err
 			}
-			return w, err
+			c.Conn.Write(goAwayFrame)
+			c.pending = false
 		}
 	}
-	return c.Conn.Write(p)
+	w, err := c.Conn.Write(p[written:])
+	return written + w, err
 }
 
 // REST: the server's ConnContext gives each connection a guard; a request
 // on a connection cut off is held, so that net/http closes it.
 
-// restConnContext is the REST server's ConnContext.
+// restConnContext is the REST server's ConnContext. A connection cut off
+// is closed after goAwayGrace; before that, a client that resets its
+// streams faster than they are held has net/http close it first, with
+// GOAWAY ENHANCE_YOUR_CALM.
 func (s *Server) restConnContext(ctx context.Context, c net.Conn) context.Context {
-	return context.WithValue(ctx, guardKey{}, newConnGuard(s.cfg.Logger, service.REST, c.RemoteAddr(), func() {}))
+	cutOff := func() { time.AfterFunc(goAwayGrace, func() { c.Close() }) }
+	return context.WithValue(ctx, guardKey{}, newConnGuard(s.cfg.Logger, service.REST, c.RemoteAddr(), cutOff))
 }
 
 // holdIfCutOff holds a request of a connection cut off, and reports
@@ -236,7 +239,6 @@ func holdIfCutOff(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	time.Sleep(restPenalty)
-	w.Header().Set("Connection", "close")
 	connectionClosing.WriteREST(w, connectionClosing.HTTPStatus())
 	return true
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,10 +165,11 @@ func TestOneConnectionCannotTakeEverySlot(t *testing.T) {
 }
 
 // rapidReset opens streams on one HTTP/2 connection to addr and resets each
-// at once, up to n of them, until the server closes the connection. It
+// at once (or gives each a deadline of 5 ms), up to n of them, until the
+// server closes the connection. It
 // returns the error code of the server's GOAWAY (0xffffffff without one)
 // and how many streams it opened.
-func rapidReset(t *testing.T, addr string, n int, grpcCall bool) (http2.ErrCode, int) {
+func rapidReset(t *testing.T, addr string, n int, grpcCall, deadline bool) (http2.ErrCode, int) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -212,6 +214,9 @@ func rapidReset(t *testing.T, addr string, n int, grpcCall bool) (http2.ErrCode,
 				fields = [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/buildlog.v1.BuildLogService/DownloadTaskLog"},
 					{":authority", addr}, {"content-type", "application/grpc"}, {"te", "trailers"}, {"x-auth-token", token}}
 			}
+			if deadline {
+				fields = append(fields, [2]string{"grpc-timeout", "5m"}) // 5 ms
+			}
 			for _, f := range fields {
 				enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 			}
@@ -219,7 +224,7 @@ func rapidReset(t *testing.T, addr string, n int, grpcCall bool) (http2.ErrCode,
 				err = fr.WriteData(id, true, request)
 			}
 		}
-		for i := 0; i < batch && err == nil; i++ {
+		for i := 0; i < batch && err == nil && !deadline; i++ {
 			err = fr.WriteRSTStream(uint32(2*(opened+i)+1), http2.ErrCodeCancel)
 		}
 		if err != nil {
@@ -236,9 +241,9 @@ func rapidReset(t *testing.T, addr string, n int, grpcCall bool) (http2.ErrCode,
 func TestRapidResetIsCutOff(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name string
-		grpc bool
-	}{{"gRPC", true}, {"REST", false}} {
+		name           string
+		grpc, deadline bool
+	}{{"gRPC", true, false}, {"REST", false, false}, {"gRPC, 5 ms deadlines", true, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			logs := &syncBuffer{}
@@ -251,7 +256,7 @@ func TestRapidResetIsCutOff(t *testing.T) {
 				addr = strings.TrimPrefix(s.RESTURL, "http://")
 			}
 			const streams = 20_000
-			code, opened := rapidReset(t, addr, streams, tc.grpc)
+			code, opened := rapidReset(t, addr, streams, tc.grpc, tc.deadline)
 			if code != http2.ErrCodeEnhanceYourCalm {
 				t.Errorf("after %d reset streams: GOAWAY %v, want ENHANCE_YOUR_CALM", opened, code)
 			}
@@ -389,5 +394,56 @@ func TestIdleTimeoutRacingTheEndOfADownload(t *testing.T) {
 	wg.Wait()
 	if resp, _, err := s.Get(t, "/openapi.json", ""); err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("the server after the race: %v, %v", resp.Status, err)
+	}
+}
+
+// A REST client giving its requests a deadline too short to deliver a byte
+// (Grpc-Timeout, as grpc-gateway reads it) is cut off as one resetting them
+// is: one log line, its connection closed after a bounded number of
+// upstream requests, however many it sends.
+func TestShortRESTDeadlinesAreCutOff(t *testing.T) {
+	t.Parallel()
+	logs := &syncBuffer{}
+	s := servertest.StartWith(t, func(c *server.Config) { c.Logger = slog.New(slog.NewJSONHandler(logs, nil)) })
+	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 64 << 10})
+	s.Upstream.Inject(upstreamtest.Fault{Delay: 50 * time.Millisecond, Times: -1})
+	// One connection, the client's every request on it.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.RESTURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{}).NewClientConn(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	const requests, workers = 3000, 50
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < requests && failed.Load() == 0; i += workers {
+				req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
+				req.Header.Set("X-Auth-Token", token)
+				req.Header.Set("Grpc-Timeout", "5m") // 5 ms
+				resp, err := cc.RoundTrip(req)
+				if err != nil {
+					failed.Add(1) // the connection is closed
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() == 0 {
+		t.Error("every request was served: the connection was not closed")
+	}
+	if n := strings.Count(logs.String(), "closing connection"); n != 1 {
+		t.Errorf("%d log lines about closing the connection, want 1", n)
+	}
+	if n := s.Upstream.RequestCount(); n > 2*server.DefaultConfig().MaxStreamsPerConnection {
+		t.Errorf("%d upstream requests, want at most two waves of a connection's streams", n)
 	}
 }

@@ -37,8 +37,8 @@ func (o observer) Ended(ctx context.Context, e *service.Ended) {
 	if e.Admitted {
 		o.metrics.active[e.Transport].Dec()
 	}
-	if g := guardFrom(ctx); g != nil && e.Err != nil && e.Err.Code == codes.Canceled && e.Bytes == 0 {
-		g.canceledEarly()
+	if g := guardFrom(ctx); g != nil {
+		g.ended(e)
 	}
 	if e.Abandoned || !o.logger.Enabled(ctx, slog.LevelInfo) {
 		return
@@ -61,6 +61,9 @@ func (o observer) Ended(ctx context.Context, e *service.Ended) {
 	requestID := e.RequestID
 	if e.Err != nil {
 		attrs = append(attrs, slog.String("reason", e.Err.Reason))
+		if cause := e.Err.Unwrap(); cause != nil && e.Err.Code != codes.Canceled {
+			attrs = append(attrs, slog.String("cause", cause.Error())) // for operators: Go's words
+		}
 		if c := e.Err.Metadata[api.MetadataUpstreamErrorCode]; c != "" {
 			attrs = append(attrs, slog.String("upstream_error_code", c))
 		}

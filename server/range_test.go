@@ -44,6 +44,8 @@ func TestRESTRangeRequests(t *testing.T) {
 		// A 206 must name its last byte: without the length, the whole log.
 		{name: "unknown length", task: "chunked", rangeHeader: "bytes=10-", wantStatus: 200, wantBody: upstreamtest.Generate(size, "INFO", "chunked")},
 		{name: "with offset too", query: "offset=5", rangeHeader: "bytes=10-", wantStatus: 400, wantCode: "BUILDLOG.INVALID_REQUEST"},
+		// A range of the whole log is none.
+		{name: "from the first byte", rangeHeader: "bytes=0-", wantStatus: 200, wantBody: full},
 		// Ranges the mirror does not support are ignored: the whole log.
 		{name: "suffix range", rangeHeader: "bytes=-100", wantStatus: 200, wantBody: full},
 		{name: "several ranges", rangeHeader: "bytes=0-1,5-6", wantStatus: 200, wantBody: full},

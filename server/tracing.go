@@ -149,10 +149,3 @@ func (t traceContextTransport) RoundTrip(req *http.Request) (*http.Response, err
 	}
 	return t.RoundTripper.RoundTrip(req)
 }
-
-// CloseIdleConnections passes on to the wrapped transport.
-func (t traceContextTransport) CloseIdleConnections() {
-	if c, ok := t.RoundTripper.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
-	}
-}

@@ -316,14 +316,12 @@ func errorOrNil(e *api.Error) error {
 	return e
 }
 
+// upstreamLogLevel is the upstream's spelling of l, "" for its default.
 func upstreamLogLevel(l buildlogv1.LogLevel) string {
-	switch l {
-	case buildlogv1.LogLevel_LOG_LEVEL_INFO:
-		return "INFO"
-	case buildlogv1.LogLevel_LOG_LEVEL_DEBUG:
-		return "DEBUG"
+	if l == buildlogv1.LogLevel_LOG_LEVEL_UNSPECIFIED {
+		return ""
 	}
-	return ""
+	return strings.TrimPrefix(l.String(), "LOG_LEVEL_")
 }
 
 // logMetadata describes the log for the first message.

@@ -2,11 +2,15 @@ package service
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -155,8 +159,8 @@ func toError(ctx context.Context, err error) *api.Error {
 	case errors.As(err, &protoErr):
 		return newError(codes.Internal, api.ReasonUpstreamProtocolError, protoErr.Error(), nil).WithCause(err)
 	case errors.As(err, &interrupted):
-		msg := fmt.Sprintf("the upstream log broke off at offset %d (%v); request the rest with offset=%d",
-			interrupted.resumeOffset, interrupted.err, interrupted.resumeOffset)
+		msg := fmt.Sprintf("the upstream log broke off at offset %d (%s); request the rest with offset=%d",
+			interrupted.resumeOffset, connProblem(interrupted.err), interrupted.resumeOffset)
 		md := map[string]string{api.MetadataResumeOffset: strconv.FormatInt(interrupted.resumeOffset, 10)}
 		if id := interrupted.requestID; id != "" {
 			md[api.MetadataRequestID] = id
@@ -172,9 +176,40 @@ func toError(ctx context.Context, err error) *api.Error {
 		return newError(st.Code(), "", st.Message(), nil).WithCause(err)
 	}
 	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
-		return newError(codes.Unavailable, api.ReasonUpstreamTimeout, "the upstream did not answer in time: "+err.Error(), nil).WithCause(err)
+		return newError(codes.Unavailable, api.ReasonUpstreamTimeout, "the upstream did not answer in time", nil).WithCause(err)
 	}
-	return newError(codes.Unavailable, api.ReasonUpstreamUnreachable, "cannot reach the upstream: "+err.Error(), nil).WithCause(err)
+	return newError(codes.Unavailable, api.ReasonUpstreamUnreachable, "cannot reach the upstream: "+connProblem(err), nil).WithCause(err)
+}
+
+// connProblem says in a few words what went wrong with the connection to
+// the upstream: callers get these, not Go's network errors, which name
+// addresses and system calls (the access log has those, as "cause").
+func connProblem(err error) string {
+	var (
+		dns     *net.DNSError
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		cert    *tls.CertificateVerificationError
+		changed *upstream.ChangedError
+		up      *upstream.Error
+	)
+	switch {
+	case errors.As(err, &changed), errors.As(err, &up):
+		return err.Error() // buildlog's and the upstream's own words
+	case errors.Is(err, upstream.ErrIdleTimeout):
+		return "it sent nothing for the idle timeout"
+	case errors.As(err, &dns):
+		return "its host name does not resolve"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "it refused the connection"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "it reset the connection"
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "it closed the connection early"
+	case errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &cert):
+		return "its TLS certificate is not trusted"
+	}
+	return "the connection failed"
 }
 
 // credentialsError converts a failure to obtain the server's credentials:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -217,7 +218,7 @@ func TestToErrorCallerContextWins(t *testing.T) {
 
 func TestStatusMessagesAreCapped(t *testing.T) {
 	t.Parallel()
-	long := errors.New(strings.Repeat("é", 2000))
+	long := &upstream.ChangedError{Problem: strings.Repeat("é", 2000)}
 	st := toError(context.Background(), long).GRPCStatus()
 	if len(st.Message()) > maxMessage || !strings.HasSuffix(st.Message(), "...") {
 		t.Errorf("message of %d bytes, want at most %d ending in ...", len(st.Message()), maxMessage)
@@ -232,3 +233,28 @@ type timeoutError struct{}
 func (timeoutError) Error() string   { return "timeout awaiting response headers" }
 func (timeoutError) Timeout() bool   { return true }
 func (timeoutError) Temporary() bool { return true }
+
+// Callers are told what went wrong with the upstream connection in a few
+// words, never Go's network errors with addresses and system calls.
+func TestConnectionMessagesHideInternals(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{&net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 443}, Err: syscall.ECONNREFUSED}, "cannot reach the upstream: it refused the connection"},
+		{&net.DNSError{Err: "no such host", Name: "cloudbuild-ext.example"}, "cannot reach the upstream: its host name does not resolve"},
+		{fmt.Errorf("upstream request: %w", io.EOF), "cannot reach the upstream: it closed the connection early"},
+		{&interruptedError{resumeOffset: 7, err: fmt.Errorf("read tcp 10.0.0.1:1->10.0.0.2:443: %w", syscall.ECONNRESET)},
+			"the upstream log broke off at offset 7 (it reset the connection); request the rest with offset=7"},
+		{fmt.Errorf("upstream request: %w", timeoutError{}), "the upstream did not answer in time"},
+	} {
+		e := toError(context.Background(), tt.err)
+		if e.Message != tt.want || strings.Contains(e.Message, "10.") || strings.Contains(e.Message, "tcp") {
+			t.Errorf("%v: message %q, want %q", tt.err, e.Message, tt.want)
+		}
+		if !errors.Is(e, tt.err) && !errors.Is(e.Unwrap(), tt.err) {
+			t.Errorf("%v: the cause is not kept for the server's log", tt.err)
+		}
+	}
+}
