@@ -105,8 +105,9 @@ func DefaultConfig() Config {
 // maxCount bounds the settings that count downloads and streams.
 const maxCount = 1 << 20
 
-// check checks the settings New uses itself; the service and the upstream
-// client check theirs.
+// check checks the settings New uses itself; the service (chunk size,
+// caller idle timeout) and the upstream client (its timeouts and retries)
+// check theirs.
 func (c *Config) check() error {
 	var errs []error
 	for _, n := range []struct {
@@ -122,7 +123,7 @@ func (c *Config) check() error {
 		value time.Duration
 		zero  bool // 0 is allowed (never)
 	}{
-		{"shutdown-timeout", c.ShutdownTimeout, false}, {"caller-idle-timeout", c.CallerIdleTimeout, true},
+		{"shutdown-timeout", c.ShutdownTimeout, false},
 		{"keepalive-time", c.Keepalive.Time, false}, {"keepalive-timeout", c.Keepalive.Timeout, false},
 		{"keepalive-min-time", c.Keepalive.MinTime, false},
 		{"max-connection-age", c.Keepalive.MaxConnectionAge, true}, {"max-connection-age-grace", c.Keepalive.MaxConnectionAgeGrace, true},

@@ -251,6 +251,10 @@ func TestRapidResetIsCutOff(t *testing.T) {
 				c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
 			})
 			s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 64 << 10})
+			if tc.deadline {
+				// No byte comes before the deadline, however loaded the machine.
+				s.Upstream.Inject(upstreamtest.Fault{Delay: time.Second, Times: -1})
+			}
 			addr := s.GRPCAddr
 			if !tc.grpc {
 				addr = strings.TrimPrefix(s.RESTURL, "http://")
