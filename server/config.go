@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/buildlog/buildlog/service"
 	"github.com/buildlog/buildlog/upstream"
@@ -49,8 +50,15 @@ type Config struct {
 	// UpstreamRetry is how transient upstream failures are retried and
 	// broken logs resumed.
 	UpstreamRetry upstream.RetryPolicy
-	// Keepalive sets gRPC keepalive and connection age.
-	Keepalive Keepalive
+	// Keepalive sets how the gRPC server pings silent connections and how
+	// long one may live (MaxConnectionAge: in a mesh or behind an L4
+	// balancer, clients then reconnect now and then, and new replicas get
+	// their share); a zero duration is grpc-go's default (for the age,
+	// forever). KeepalivePolicy sets how often clients may ping (more often:
+	// GOAWAY ENHANCE_YOUR_CALM), and whether with no call in progress, as
+	// clients of other languages keep idle connections warm.
+	Keepalive       keepalive.ServerParameters
+	KeepalivePolicy keepalive.EnforcementPolicy
 	// Logger receives the server's logs, including one line per download;
 	// nil for slog.Default().
 	Logger *slog.Logger
@@ -97,8 +105,8 @@ func DefaultConfig() Config {
 		UpstreamHeaderTimeout:   upstream.DefaultHeaderTimeout,
 		UpstreamIdleTimeout:     upstream.DefaultIdleTimeout,
 		UpstreamRetry:           upstream.DefaultRetryPolicy,
-		Keepalive: Keepalive{Time: time.Minute, Timeout: 20 * time.Second, MinTime: 10 * time.Second,
-			PermitWithoutStream: true},
+		Keepalive:               keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second},
+		KeepalivePolicy:         keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true},
 	}
 }
 
@@ -125,7 +133,7 @@ func (c *Config) check() error {
 	}{
 		{"shutdown-timeout", c.ShutdownTimeout, false},
 		{"keepalive-time", c.Keepalive.Time, false}, {"keepalive-timeout", c.Keepalive.Timeout, false},
-		{"keepalive-min-time", c.Keepalive.MinTime, false},
+		{"keepalive-min-time", c.KeepalivePolicy.MinTime, false},
 		{"max-connection-age", c.Keepalive.MaxConnectionAge, true}, {"max-connection-age-grace", c.Keepalive.MaxConnectionAgeGrace, true},
 	} {
 		if d.value < 0 || (d.value == 0 && !d.zero) {

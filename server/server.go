@@ -99,16 +99,18 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	s := &Server{cfg: cfg, health: health.NewServer(), upstream: up, metrics: m}
-	s.grpcServer = grpc.NewServer(append(append(cfg.Keepalive.serverOptions(),
+	s.grpcServer = grpc.NewServer(append([]grpc.ServerOption{
+		grpc.KeepaliveParams(cfg.Keepalive),
+		grpc.KeepaliveEnforcementPolicy(cfg.KeepalivePolicy),
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConnection)),
 		grpc.MaxHeaderListSize(maxHeaderBytes),
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 		grpc.Creds(guardedCreds{TransportCredentials: sec.creds, logger: cfg.Logger}),
 		grpc.InTapHandle(tapCall),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor()),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
 		codecOption(),
-	), tr.grpcOptions()...)...)
+	}, tr.grpcOptions()...)...)
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, grpcService{svc: svc})
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)

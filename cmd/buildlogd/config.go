@@ -92,7 +92,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), stderr io.Wr
 
 // registerFlags defines the flags of the server's settings on fs.
 func registerFlags(fs *flag.FlagSet, cfg *config, upstreamURL, region *string) {
-	c, ka, retry := &cfg.server, &cfg.server.Keepalive, &cfg.server.UpstreamRetry
+	c, ka, kp, retry := &cfg.server, &cfg.server.Keepalive, &cfg.server.KeepalivePolicy, &cfg.server.UpstreamRetry
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "listen `address` of the gRPC service")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "listen `address` of the REST mirror")
 	fs.StringVar(&c.AdminAddr, "admin-addr", c.AdminAddr, "listen `address` of /healthz, /readyz, /metrics (and /debug/pprof/ with --pprof); \""+server.AdminOff+"\" for none")
@@ -123,8 +123,8 @@ func registerFlags(fs *flag.FlagSet, cfg *config, upstreamURL, region *string) {
 	fs.TextVar(&cfg.logLevel, "log-level", cfg.logLevel, "least `level` logged: debug, info, warn or error")
 	fs.DurationVar(&ka.Time, "keepalive-time", ka.Time, "ping a client after its connection is silent this long")
 	fs.DurationVar(&ka.Timeout, "keepalive-timeout", ka.Timeout, "close a connection whose ping is unanswered this long")
-	fs.DurationVar(&ka.MinTime, "keepalive-min-time", ka.MinTime, "shortest interval between client pings tolerated (more often: the connection is closed with ENHANCE_YOUR_CALM)")
-	fs.BoolVar(&ka.PermitWithoutStream, "keepalive-permit-without-stream", ka.PermitWithoutStream, "accept client pings on connections with no call in progress")
+	fs.DurationVar(&kp.MinTime, "keepalive-min-time", kp.MinTime, "shortest interval between client pings tolerated (more often: the connection is closed with ENHANCE_YOUR_CALM)")
+	fs.BoolVar(&kp.PermitWithoutStream, "keepalive-permit-without-stream", kp.PermitWithoutStream, "accept client pings on connections with no call in progress")
 	fs.DurationVar(&ka.MaxConnectionAge, "max-connection-age", ka.MaxConnectionAge, "ask clients to reconnect after a connection lived this long, so L4 balancers spread them over new replicas; 0 for never")
 	fs.DurationVar(&ka.MaxConnectionAgeGrace, "max-connection-age-grace", ka.MaxConnectionAgeGrace, "after --max-connection-age, how long calls in progress may finish before the connection closes; 0 for as long as they need")
 	fs.BoolVar(&cfg.demo, "demo", false, "run a simulated upstream in-process with sample records and print commands to try (no cloud account needed)")

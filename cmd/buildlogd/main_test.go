@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/buildlog/buildlog/server"
 )
@@ -126,8 +127,9 @@ func TestParseConfig(t *testing.T) {
 				"--max-connection-age", "10m", "--max-connection-age-grace", "2m"},
 			want: defaultConfig(func(c *config) {
 				c.server.AdminAddr, c.server.Pprof, c.logFormat, c.logLevel = "off", true, "text", slog.LevelDebug
-				c.server.Keepalive = server.Keepalive{Time: 30 * time.Second, Timeout: 5 * time.Second, MinTime: 15 * time.Second,
+				c.server.Keepalive = keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second,
 					MaxConnectionAge: 10 * time.Minute, MaxConnectionAgeGrace: 2 * time.Minute}
+				c.server.KeepalivePolicy = keepalive.EnforcementPolicy{MinTime: 15 * time.Second}
 			}),
 		},
 		{
