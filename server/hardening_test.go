@@ -416,6 +416,7 @@ func TestShortRESTDeadlinesAreCutOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	//lint:ignore SA1019 x/net/http2's ClientConn alone keeps every request on one connection.
 	cc, err := (&http2.Transport{}).NewClientConn(conn)
 	if err != nil {
 		t.Fatal(err)

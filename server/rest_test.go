@@ -1,15 +1,10 @@
 package server_test
 
 import (
-	"context"
-	"crypto/tls"
 	"encoding/json"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
-
-	"golang.org/x/net/http2"
 
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
@@ -62,9 +57,9 @@ func TestRESTSpeaksH2C(t *testing.T) {
 	t.Parallel()
 	s := startStack(t)
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 100})
-	h2c := &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, network, addr)
-	}}}
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Transport: &http.Transport{Protocols: &protocols}}
 	req, _ := http.NewRequest(http.MethodGet, s.RESTURL+logPath("stage1"), nil)
 	req.Header.Set("X-Auth-Token", token)
 	resp, err := h2c.Do(req)
