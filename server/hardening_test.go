@@ -27,6 +27,7 @@ import (
 
 	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/syncbuf"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
@@ -246,7 +247,7 @@ func TestRapidResetIsCutOff(t *testing.T) {
 	}{{"gRPC", true, false}, {"REST", false, false}, {"gRPC, 5 ms deadlines", true, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			logs := &syncBuffer{}
+			logs := &syncbuf.Buffer{}
 			s := servertest.StartWith(t, func(c *server.Config) {
 				c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
 			})
@@ -407,7 +408,7 @@ func TestIdleTimeoutRacingTheEndOfADownload(t *testing.T) {
 // upstream requests, however many it sends.
 func TestShortRESTDeadlinesAreCutOff(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	s := servertest.StartWith(t, func(c *server.Config) { c.Logger = slog.New(slog.NewJSONHandler(logs, nil)) })
 	s.Upstream.AddLog(recordID, "stage1", upstreamtest.Log{Size: 64 << 10})
 	s.Upstream.Inject(upstreamtest.Fault{Delay: 50 * time.Millisecond, Times: -1})

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,28 +26,11 @@ import (
 
 	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/syncbuf"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
-
-// syncBuffer is a log destination safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // accessLines returns the logged stream lines, decoded.
 func accessLines(t *testing.T, logs string) []map[string]any {
@@ -257,7 +238,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 // looks for them in everything logged (at debug level) and in /metrics.
 func TestLogsAndMetricsNeverHoldTokens(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	s := servertest.StartWith(t, func(cfg *server.Config) {
 		cfg.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})

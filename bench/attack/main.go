@@ -53,6 +53,7 @@ import (
 	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/internal/benchproc"
+	"github.com/buildlog/buildlog/internal/syncbuf"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -130,7 +131,7 @@ type attacker struct {
 type server struct {
 	cmd            *exec.Cmd
 	grpcAddr, http string
-	logs           *lockedBuffer
+	logs           *syncbuf.Buffer
 }
 
 // start runs buildlogd with flags, leaving out those it does not know.
@@ -141,7 +142,7 @@ func (a *attacker) start(flags ...string) (*server, error) {
 			args = append(args, flags[i], flags[i+1])
 		}
 	}
-	s := &server{cmd: exec.Command(a.bin, args...), logs: &lockedBuffer{}}
+	s := &server{cmd: exec.Command(a.bin, args...), logs: &syncbuf.Buffer{}}
 	s.cmd.Env = benchproc.Environ()
 	pr, pw := io.Pipe()
 	s.cmd.Stderr = io.MultiWriter(s.logs, pw)
@@ -385,21 +386,4 @@ func selfSigned(dir string) (cert, key string, err error) {
 		return "", "", err
 	}
 	return cert, key, nil
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildlog/buildlog/internal/syncbuf"
 	"github.com/buildlog/buildlog/server/servertest"
 )
 
@@ -62,32 +63,15 @@ func buildlogdBinary(t *testing.T) string {
 type process struct {
 	cmd               *exec.Cmd
 	grpc, http, admin string // the addresses its "serving" line names
-	stderr            *lockedBuffer
+	stderr            *syncbuf.Buffer
 	exited            chan error
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // startProcess runs buildlogd with args and waits for it to serve. The
 // process is killed when the test ends, if it has not exited.
 func startProcess(t *testing.T, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(buildlogdBinary(t), args...), stderr: &lockedBuffer{}, exited: make(chan error, 1)}
+	p := &process{cmd: exec.Command(buildlogdBinary(t), args...), stderr: &syncbuf.Buffer{}, exited: make(chan error, 1)}
 	pr, pw := io.Pipe()
 	p.cmd.Stderr = io.MultiWriter(p.stderr, pw)
 	p.cmd.Stdout = io.Discard

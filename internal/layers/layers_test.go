@@ -30,6 +30,7 @@ var allowed = map[string][]string{
 	"internal/liblog":       {},
 	"internal/benchproc":    {},
 	"internal/layers":       {},
+	"internal/syncbuf":      {},
 }
 
 // transport lists what the download core must not import: it knows no

@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/buildlog/buildlog/internal/syncbuf"
 )
 
 // records decodes the JSON log lines in buf.
@@ -80,7 +81,7 @@ func TestStdWriterDropsQuotedPayloads(t *testing.T) {
 // kinds keep their own budget.
 func TestLimit(t *testing.T) {
 	t.Parallel()
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	l := slog.New(newLimitHandler(slog.NewJSONHandler(&buf, nil), 3, time.Second))
 	for i := range 300 {
 		l.Warn("http: TLS handshake error from 127.0.0.1:" + strings.Repeat("1", i%5+1) + ": EOF")
@@ -111,30 +112,12 @@ func TestLimit(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // Lines of more kinds than are tracked share one budget, and its held
 // lines are written as any others' (an attacker chooses what some lines
 // say: an ALPN name in a failed TLS handshake).
 func TestLimitManyKinds(t *testing.T) {
 	t.Parallel()
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	l := slog.New(newLimitHandler(slog.NewJSONHandler(&buf, nil), 1, 500*time.Millisecond))
 	for i := range 3 * maxKinds {
 		l.Warn(fmt.Sprintf("tls: unsupported application protocols [%s]", strings.Repeat("x", i%200+1)))
