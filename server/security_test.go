@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+	"github.com/buildlog/buildlog/internal/syncbuf"
 	"github.com/buildlog/buildlog/server"
 	"github.com/buildlog/buildlog/server/servertest"
 	"github.com/buildlog/buildlog/upstream"
@@ -42,24 +42,6 @@ const (
 	logContent   = "secure log line\n"
 )
 
-// logBuffer collects a server's logs.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // secureStack is a buildlogd with security settings in front of a
 // simulated upstream that knows the server's AK/SK and IAM user.
 type secureStack struct {
@@ -71,7 +53,7 @@ type secureStack struct {
 	clientCA   *servertest.CA
 	tokensFile string
 	adminAddr  string // serves /metrics
-	logs       *logBuffer
+	logs       *syncbuf.Buffer
 }
 
 type stackOptions struct {
@@ -108,7 +90,7 @@ func iamCredsWith(t *testing.T, password string) func(*upstreamtest.Server) upst
 
 func startSecure(t *testing.T, o stackOptions) *secureStack {
 	t.Helper()
-	s := &secureStack{up: upstreamtest.NewServer(), dir: t.TempDir(), logs: &logBuffer{}}
+	s := &secureStack{up: upstreamtest.NewServer(), dir: t.TempDir(), logs: &syncbuf.Buffer{}}
 	t.Cleanup(s.up.Close)
 	s.up.AddToken(token)
 	s.up.AddAKSK(accessKey, secretKey)
