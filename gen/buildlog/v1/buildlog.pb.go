@@ -99,7 +99,29 @@ type DownloadTaskLogRequest struct {
 	// The largest number of bytes to return; 0 (the default) means "to the
 	// end of the log". Negative values are INVALID_ARGUMENT. Fewer bytes are
 	// returned when the log ends first.
-	Limit         int64 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit int64 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Follow the log while its action runs, as `tail -f` does. After the
+	// bytes the upstream has, the stream stays open and delivers new bytes as
+	// the action writes them, polling the upstream (the server's
+	// --follow-poll-interval, about 2 s, longer while nothing changes). The
+	// stream ends OK only once the action has finished and its final log was
+	// delivered in full, or, with a limit, once `limit` bytes were delivered.
+	// An offset past the end of a running action's log waits for the log to
+	// reach it.
+	//
+	// Every other ending is non-OK with the ErrorInfo metadata
+	// "resumeOffset": the server's --follow-max-duration passed
+	// (DEADLINE_EXCEEDED, FOLLOW_TIME_LIMIT), the server shuts down or the
+	// connection reached its maximum age (UNAVAILABLE, FOLLOW_INTERRUPTED),
+	// or the upstream failed. Call again with `offset` = resumeOffset to go
+	// on; the Go client package does so itself.
+	//
+	// The action's state comes from the upstream's
+	// GET /v1/record/{record_id}/full-stages, asked with the caller's own
+	// credentials, and is reported in DownloadTaskLogResponse.action.
+	// Without follow the request is a snapshot, as it has always been, and
+	// no action state is reported.
+	Follow        bool `protobuf:"varint,6,opt,name=follow,proto3" json:"follow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -169,20 +191,34 @@ func (x *DownloadTaskLogRequest) GetLimit() int64 {
 	return 0
 }
 
+func (x *DownloadTaskLogRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
 // DownloadTaskLogResponse is one chunk of the log.
 type DownloadTaskLogResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The next bytes of the log, at most the server's chunk size (256 KiB by
 	// default, never more than 2 MiB). Empty only in a stream's single message
 	// when the requested range holds no bytes (an empty log, or an offset equal
-	// to the log's size).
+	// to the log's size), or, on a followed stream, in a message that carries
+	// only a new `action` state (such as the first message, when the log has
+	// no new bytes yet, and the last one, with the final state).
 	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	// The position of data[0] within the whole log, in bytes from its start.
 	// The first message's offset equals the request's offset; each next
 	// message's offset is the previous one's plus the length of its data.
 	Offset int64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	// The log's metadata. Set on the first message of the stream only.
-	Metadata      *LogMetadata `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Metadata *LogMetadata `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// The build action's state, on a followed stream only: set on the first
+	// message, on the first message after the state changed, and on the last
+	// message of a stream that ends OK because the action finished (then
+	// `finished` is true). Unset otherwise, and always without `follow`.
+	Action        *ActionState `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +274,86 @@ func (x *DownloadTaskLogResponse) GetMetadata() *LogMetadata {
 	return nil
 }
 
+func (x *DownloadTaskLogResponse) GetAction() *ActionState {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+// ActionState is what the upstream says of the build action a followed log
+// belongs to: the stage of GET /v1/record/{record_id}/full-stages whose
+// `sequence` is the N of the task name "stageN".
+type ActionState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the action has finished, so that its log will not grow: the
+	// upstream gave it a finish time, or a status that ends an action
+	// (success, failed, error, aborted, canceled, timeout and their
+	// spellings, in any case). A status word buildlog does not know counts
+	// as running.
+	Finished bool `protobuf:"varint,1,opt,name=finished,proto3" json:"finished,omitempty"`
+	// The upstream's status of the action, in its own words and case, such
+	// as "running", "success" or "failed". Empty when the upstream gave none,
+	// or does not list the action (yet).
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// The upstream's finish time of the action, as it wrote it; empty while
+	// the action runs.
+	FinishTime    string `protobuf:"bytes,3,opt,name=finish_time,json=finishTime,proto3" json:"finish_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActionState) Reset() {
+	*x = ActionState{}
+	mi := &file_buildlog_v1_buildlog_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActionState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActionState) ProtoMessage() {}
+
+func (x *ActionState) ProtoReflect() protoreflect.Message {
+	mi := &file_buildlog_v1_buildlog_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActionState.ProtoReflect.Descriptor instead.
+func (*ActionState) Descriptor() ([]byte, []int) {
+	return file_buildlog_v1_buildlog_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ActionState) GetFinished() bool {
+	if x != nil {
+		return x.Finished
+	}
+	return false
+}
+
+func (x *ActionState) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ActionState) GetFinishTime() string {
+	if x != nil {
+		return x.FinishTime
+	}
+	return ""
+}
+
 // LogMetadata describes the log file as the upstream served it.
 type LogMetadata struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -251,7 +367,8 @@ type LogMetadata struct {
 	FileName string `protobuf:"bytes,2,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
 	// The size of the whole log in bytes, when the upstream said it (a
 	// Content-Length header). Unset when the upstream streamed the log without
-	// announcing its size.
+	// announcing its size, and on a followed stream of an action that was
+	// still running when the stream started, whose log is still growing.
 	TotalSize *int64 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3,oneof" json:"total_size,omitempty"`
 	// The upstream's request ID (its X-Request-Id header), for support
 	// requests to Huawei Cloud. Empty when the upstream sent none.
@@ -262,7 +379,7 @@ type LogMetadata struct {
 
 func (x *LogMetadata) Reset() {
 	*x = LogMetadata{}
-	mi := &file_buildlog_v1_buildlog_proto_msgTypes[2]
+	mi := &file_buildlog_v1_buildlog_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -274,7 +391,7 @@ func (x *LogMetadata) String() string {
 func (*LogMetadata) ProtoMessage() {}
 
 func (x *LogMetadata) ProtoReflect() protoreflect.Message {
-	mi := &file_buildlog_v1_buildlog_proto_msgTypes[2]
+	mi := &file_buildlog_v1_buildlog_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -287,7 +404,7 @@ func (x *LogMetadata) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogMetadata.ProtoReflect.Descriptor instead.
 func (*LogMetadata) Descriptor() ([]byte, []int) {
-	return file_buildlog_v1_buildlog_proto_rawDescGZIP(), []int{2}
+	return file_buildlog_v1_buildlog_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LogMetadata) GetContentType() string {
@@ -322,17 +439,24 @@ var File_buildlog_v1_buildlog_proto protoreflect.FileDescriptor
 
 const file_buildlog_v1_buildlog_proto_rawDesc = "" +
 	"\n" +
-	"\x1abuildlog/v1/buildlog.proto\x12\vbuildlog.v1\"\xb4\x01\n" +
+	"\x1abuildlog/v1/buildlog.proto\x12\vbuildlog.v1\"\xcc\x01\n" +
 	"\x16DownloadTaskLogRequest\x12\x1b\n" +
 	"\trecord_id\x18\x01 \x01(\tR\brecordId\x12\x1b\n" +
 	"\ttask_name\x18\x02 \x01(\tR\btaskName\x122\n" +
 	"\tlog_level\x18\x03 \x01(\x0e2\x15.buildlog.v1.LogLevelR\blogLevel\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x03R\x06offset\x12\x14\n" +
-	"\x05limit\x18\x05 \x01(\x03R\x05limit\"{\n" +
+	"\x05limit\x18\x05 \x01(\x03R\x05limit\x12\x16\n" +
+	"\x06follow\x18\x06 \x01(\bR\x06follow\"\xad\x01\n" +
 	"\x17DownloadTaskLogResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x124\n" +
-	"\bmetadata\x18\x03 \x01(\v2\x18.buildlog.v1.LogMetadataR\bmetadata\"\x9f\x01\n" +
+	"\bmetadata\x18\x03 \x01(\v2\x18.buildlog.v1.LogMetadataR\bmetadata\x120\n" +
+	"\x06action\x18\x04 \x01(\v2\x18.buildlog.v1.ActionStateR\x06action\"b\n" +
+	"\vActionState\x12\x1a\n" +
+	"\bfinished\x18\x01 \x01(\bR\bfinished\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x1f\n" +
+	"\vfinish_time\x18\x03 \x01(\tR\n" +
+	"finishTime\"\x9f\x01\n" +
 	"\vLogMetadata\x12!\n" +
 	"\fcontent_type\x18\x01 \x01(\tR\vcontentType\x12\x1b\n" +
 	"\tfile_name\x18\x02 \x01(\tR\bfileName\x12\"\n" +
@@ -361,23 +485,25 @@ func file_buildlog_v1_buildlog_proto_rawDescGZIP() []byte {
 }
 
 var file_buildlog_v1_buildlog_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_buildlog_v1_buildlog_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_buildlog_v1_buildlog_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_buildlog_v1_buildlog_proto_goTypes = []any{
 	(LogLevel)(0),                   // 0: buildlog.v1.LogLevel
 	(*DownloadTaskLogRequest)(nil),  // 1: buildlog.v1.DownloadTaskLogRequest
 	(*DownloadTaskLogResponse)(nil), // 2: buildlog.v1.DownloadTaskLogResponse
-	(*LogMetadata)(nil),             // 3: buildlog.v1.LogMetadata
+	(*ActionState)(nil),             // 3: buildlog.v1.ActionState
+	(*LogMetadata)(nil),             // 4: buildlog.v1.LogMetadata
 }
 var file_buildlog_v1_buildlog_proto_depIdxs = []int32{
 	0, // 0: buildlog.v1.DownloadTaskLogRequest.log_level:type_name -> buildlog.v1.LogLevel
-	3, // 1: buildlog.v1.DownloadTaskLogResponse.metadata:type_name -> buildlog.v1.LogMetadata
-	1, // 2: buildlog.v1.BuildLogService.DownloadTaskLog:input_type -> buildlog.v1.DownloadTaskLogRequest
-	2, // 3: buildlog.v1.BuildLogService.DownloadTaskLog:output_type -> buildlog.v1.DownloadTaskLogResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 1: buildlog.v1.DownloadTaskLogResponse.metadata:type_name -> buildlog.v1.LogMetadata
+	3, // 2: buildlog.v1.DownloadTaskLogResponse.action:type_name -> buildlog.v1.ActionState
+	1, // 3: buildlog.v1.BuildLogService.DownloadTaskLog:input_type -> buildlog.v1.DownloadTaskLogRequest
+	2, // 4: buildlog.v1.BuildLogService.DownloadTaskLog:output_type -> buildlog.v1.DownloadTaskLogResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_buildlog_v1_buildlog_proto_init() }
@@ -385,14 +511,14 @@ func file_buildlog_v1_buildlog_proto_init() {
 	if File_buildlog_v1_buildlog_proto != nil {
 		return
 	}
-	file_buildlog_v1_buildlog_proto_msgTypes[2].OneofWrappers = []any{}
+	file_buildlog_v1_buildlog_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_buildlog_v1_buildlog_proto_rawDesc), len(file_buildlog_v1_buildlog_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -56,6 +56,13 @@ type BuildLogServiceClient interface {
 	// never mistaken for a complete one. After a mid-stream failure the
 	// ErrorInfo metadata key "resumeOffset" gives the offset to request next.
 	//
+	// Without `follow`, the stream is a snapshot: what the upstream holds of
+	// the log when it is asked, which for an action still running is only
+	// the part written so far. With `follow`, the stream stays open and
+	// delivers the log as the action writes it, and ends OK only once the
+	// action has finished and its final log was delivered in full (see
+	// DownloadTaskLogRequest.follow).
+	//
 	// The call is a read with no side effects: it is safe to retry.
 	DownloadTaskLog(ctx context.Context, in *DownloadTaskLogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadTaskLogResponse], error)
 }
@@ -116,6 +123,13 @@ type BuildLogServiceServer interface {
 	// been sent, ends the stream with a non-OK status, so a truncated log is
 	// never mistaken for a complete one. After a mid-stream failure the
 	// ErrorInfo metadata key "resumeOffset" gives the offset to request next.
+	//
+	// Without `follow`, the stream is a snapshot: what the upstream holds of
+	// the log when it is asked, which for an action still running is only
+	// the part written so far. With `follow`, the stream stays open and
+	// delivers the log as the action writes it, and ends OK only once the
+	// action has finished and its final log was delivered in full (see
+	// DownloadTaskLogRequest.follow).
 	//
 	// The call is a read with no side effects: it is safe to retry.
 	DownloadTaskLog(*DownloadTaskLogRequest, grpc.ServerStreamingServer[DownloadTaskLogResponse]) error

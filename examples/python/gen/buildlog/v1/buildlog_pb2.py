@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62uildlog/v1/buildlog.proto\x12\x0b\x62uildlog.v1\"\xb4\x01\n\x16\x44ownloadTaskLogRequest\x12\x1b\n\trecord_id\x18\x01 \x01(\tR\x08recordId\x12\x1b\n\ttask_name\x18\x02 \x01(\tR\x08taskName\x12\x32\n\tlog_level\x18\x03 \x01(\x0e\x32\x15.buildlog.v1.LogLevelR\x08logLevel\x12\x16\n\x06offset\x18\x04 \x01(\x03R\x06offset\x12\x14\n\x05limit\x18\x05 \x01(\x03R\x05limit\"{\n\x17\x44ownloadTaskLogResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x34\n\x08metadata\x18\x03 \x01(\x0b\x32\x18.buildlog.v1.LogMetadataR\x08metadata\"\x9f\x01\n\x0bLogMetadata\x12!\n\x0c\x63ontent_type\x18\x01 \x01(\tR\x0b\x63ontentType\x12\x1b\n\tfile_name\x18\x02 \x01(\tR\x08\x66ileName\x12\"\n\ntotal_size\x18\x03 \x01(\x03H\x00R\ttotalSize\x88\x01\x01\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestIdB\r\n\x0b_total_size*N\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x01\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x02\x32v\n\x0f\x42uildLogService\x12\x63\n\x0f\x44ownloadTaskLog\x12#.buildlog.v1.DownloadTaskLogRequest\x1a$.buildlog.v1.DownloadTaskLogResponse\"\x03\x90\x02\x01\x30\x01\x42\x39Z7github.com/buildlog/buildlog/gen/buildlog/v1;buildlogv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62uildlog/v1/buildlog.proto\x12\x0b\x62uildlog.v1\"\xcc\x01\n\x16\x44ownloadTaskLogRequest\x12\x1b\n\trecord_id\x18\x01 \x01(\tR\x08recordId\x12\x1b\n\ttask_name\x18\x02 \x01(\tR\x08taskName\x12\x32\n\tlog_level\x18\x03 \x01(\x0e\x32\x15.buildlog.v1.LogLevelR\x08logLevel\x12\x16\n\x06offset\x18\x04 \x01(\x03R\x06offset\x12\x14\n\x05limit\x18\x05 \x01(\x03R\x05limit\x12\x16\n\x06\x66ollow\x18\x06 \x01(\x08R\x06\x66ollow\"\xad\x01\n\x17\x44ownloadTaskLogResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x34\n\x08metadata\x18\x03 \x01(\x0b\x32\x18.buildlog.v1.LogMetadataR\x08metadata\x12\x30\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x18.buildlog.v1.ActionStateR\x06\x61\x63tion\"b\n\x0b\x41\x63tionState\x12\x1a\n\x08\x66inished\x18\x01 \x01(\x08R\x08\x66inished\x12\x16\n\x06status\x18\x02 \x01(\tR\x06status\x12\x1f\n\x0b\x66inish_time\x18\x03 \x01(\tR\nfinishTime\"\x9f\x01\n\x0bLogMetadata\x12!\n\x0c\x63ontent_type\x18\x01 \x01(\tR\x0b\x63ontentType\x12\x1b\n\tfile_name\x18\x02 \x01(\tR\x08\x66ileName\x12\"\n\ntotal_size\x18\x03 \x01(\x03H\x00R\ttotalSize\x88\x01\x01\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestIdB\r\n\x0b_total_size*N\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x01\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x02\x32v\n\x0f\x42uildLogService\x12\x63\n\x0f\x44ownloadTaskLog\x12#.buildlog.v1.DownloadTaskLogRequest\x1a$.buildlog.v1.DownloadTaskLogResponse\"\x03\x90\x02\x01\x30\x01\x42\x39Z7github.com/buildlog/buildlog/gen/buildlog/v1;buildlogv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'buildlog.v1.buildlog_pb2', globals())
@@ -23,14 +23,16 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._serialized_options = b'Z7github.com/buildlog/buildlog/gen/buildlog/v1;buildlogv1'
   _BUILDLOGSERVICE.methods_by_name['DownloadTaskLog']._options = None
   _BUILDLOGSERVICE.methods_by_name['DownloadTaskLog']._serialized_options = b'\220\002\001'
-  _LOGLEVEL._serialized_start=513
-  _LOGLEVEL._serialized_end=591
+  _LOGLEVEL._serialized_start=688
+  _LOGLEVEL._serialized_end=766
   _DOWNLOADTASKLOGREQUEST._serialized_start=44
-  _DOWNLOADTASKLOGREQUEST._serialized_end=224
-  _DOWNLOADTASKLOGRESPONSE._serialized_start=226
-  _DOWNLOADTASKLOGRESPONSE._serialized_end=349
-  _LOGMETADATA._serialized_start=352
-  _LOGMETADATA._serialized_end=511
-  _BUILDLOGSERVICE._serialized_start=593
-  _BUILDLOGSERVICE._serialized_end=711
+  _DOWNLOADTASKLOGREQUEST._serialized_end=248
+  _DOWNLOADTASKLOGRESPONSE._serialized_start=251
+  _DOWNLOADTASKLOGRESPONSE._serialized_end=424
+  _ACTIONSTATE._serialized_start=426
+  _ACTIONSTATE._serialized_end=524
+  _LOGMETADATA._serialized_start=527
+  _LOGMETADATA._serialized_end=686
+  _BUILDLOGSERVICE._serialized_start=768
+  _BUILDLOGSERVICE._serialized_end=886
 # @@protoc_insertion_point(module_scope)

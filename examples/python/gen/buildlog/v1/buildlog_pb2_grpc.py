@@ -65,6 +65,13 @@ class BuildLogServiceServicer(object):
         never mistaken for a complete one. After a mid-stream failure the
         ErrorInfo metadata key "resumeOffset" gives the offset to request next.
 
+        Without `follow`, the stream is a snapshot: what the upstream holds of
+        the log when it is asked, which for an action still running is only
+        the part written so far. With `follow`, the stream stays open and
+        delivers the log as the action writes it, and ends OK only once the
+        action has finished and its final log was delivered in full (see
+        DownloadTaskLogRequest.follow).
+
         The call is a read with no side effects: it is safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
