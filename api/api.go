@@ -62,6 +62,13 @@ const (
 	// ReasonLogChanged: the log changed between a break and its
 	// resumption; start over.
 	ReasonLogChanged = "LOG_CHANGED"
+	// ReasonFollowTimeLimit ends a followed download that ran for the
+	// server's --follow-max-duration: resume it from resumeOffset.
+	ReasonFollowTimeLimit = "FOLLOW_TIME_LIMIT"
+	// ReasonFollowInterrupted ends a followed download because the server
+	// shuts down or the connection reached its maximum age: resume it from
+	// resumeOffset, on a new connection.
+	ReasonFollowInterrupted = "FOLLOW_INTERRUPTED"
 
 	ReasonUpstreamInvalidArgument    = "UPSTREAM_INVALID_ARGUMENT"
 	ReasonUpstreamUnauthenticated    = "UPSTREAM_UNAUTHENTICATED"

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/buildlog/buildlog/api"
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
 	"github.com/buildlog/buildlog/service"
 )
 
@@ -52,6 +53,7 @@ func (m *mirror) serveLog(w http.ResponseWriter, r *http.Request, params map[str
 		return
 	}
 	status := setHeaders(w.Header(), d, req.byteRange)
+	setActionHeaders(w.Header(), "", d.Action())
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead {
 		d.Close(nil)
@@ -65,6 +67,14 @@ func (m *mirror) serveLog(w http.ResponseWriter, r *http.Request, params map[str
 		if err == io.EOF {
 			d.Close(nil)
 			return
+		}
+		if err == nil && c.Action.GetFinished() {
+			// The last chunk of a followed action: its final state, as
+			// trailers where the body is chunked.
+			setActionHeaders(w.Header(), http.TrailerPrefix, c.Action)
+		}
+		if err == nil && len(c.Data) == 0 {
+			continue // a change of the action's state, in the stream only
 		}
 		if err == nil {
 			_, err = w.Write(c.Data)
@@ -138,6 +148,25 @@ func setHeaders(h http.Header, d *service.Download, br *byteRange) int {
 	}
 	h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", d.Offset(), d.Offset()+n-1, md.GetTotalSize()))
 	return http.StatusPartialContent
+}
+
+// Headers of a followed log's answer: the action's state as the download
+// started, and as trailers once it finished.
+const (
+	headerActionStatus   = "Buildlog-Action-Status"
+	headerActionFinished = "Buildlog-Action-Finished"
+)
+
+// setActionHeaders sets the action's state a, when known, as headers
+// named with prefix ("" or http.TrailerPrefix).
+func setActionHeaders(h http.Header, prefix string, a *buildlogv1.ActionState) {
+	if a == nil {
+		return
+	}
+	h.Set(prefix+headerActionFinished, strconv.FormatBool(a.GetFinished()))
+	if a.GetStatus() != "" {
+		h.Set(prefix+headerActionStatus, a.GetStatus())
+	}
 }
 
 // rangeNotSatisfiable is the error of a Range that starts at or past the

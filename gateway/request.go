@@ -22,7 +22,7 @@ type request struct {
 }
 
 // readRequest reads the log's name and range from the path parameter
-// record_id, the query (task_name, log_level, offset and limit, by their
+// record_id, the query (task_name, log_level, offset, limit and follow, by their
 // proto or JSON names; others are ignored, as the upstream ignores them)
 // and the Range header. What does not parse is reported, for the service
 // to refuse with every other problem it finds.
@@ -62,6 +62,13 @@ func readRequest(r *http.Request, recordID string) request {
 		} else {
 			bad("log_level", "unknown value %q: use INFO or DEBUG (any case)", v)
 		}
+	}
+	if v, ok := get("follow"); ok {
+		follow, err := strconv.ParseBool(v)
+		if err != nil {
+			bad("follow", "must be true or false, got %q", v)
+		}
+		req.msg.Follow = follow
 	}
 	offset, hasOffset := get("offset")
 	limit, hasLimit := get("limit")

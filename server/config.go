@@ -40,6 +40,11 @@ type Config struct {
 	// CallerIdleTimeout ends a download whose caller has accepted no bytes
 	// for so long, freeing its slot (0: never).
 	CallerIdleTimeout time.Duration
+	// FollowPollInterval is how often a followed download polls the
+	// upstream while its log grows (less often while it does not), and
+	// FollowMaxDuration how long one may follow before it ends, its caller
+	// to follow on with a new call.
+	FollowPollInterval, FollowMaxDuration time.Duration
 	// ShutdownTimeout is how long in-flight downloads may run on after
 	// shutdown begins before they are cancelled.
 	ShutdownTimeout time.Duration
@@ -100,6 +105,8 @@ func DefaultConfig() Config {
 		MaxDownloads:            512,
 		MaxStreamsPerConnection: 100, // the least HTTP/2 recommends (RFC 9113, 5.1.2)
 		CallerIdleTimeout:       5 * time.Minute,
+		FollowPollInterval:      service.DefaultFollowPollInterval,
+		FollowMaxDuration:       service.DefaultFollowMaxDuration,
 		ShutdownTimeout:         30 * time.Second,
 		UpstreamConnectTimeout:  upstream.DefaultConnectTimeout,
 		UpstreamHeaderTimeout:   upstream.DefaultHeaderTimeout,

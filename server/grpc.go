@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -21,6 +22,9 @@ import (
 type grpcService struct {
 	buildlogv1.UnimplementedBuildLogServiceServer
 	svc *service.Service
+	// maxAge is the connections' maximum age (0: none), after which
+	// followed downloads end so that their callers move to a new one.
+	maxAge time.Duration
 }
 
 // DownloadTaskLog implements buildlogv1.BuildLogServiceServer.
@@ -28,7 +32,8 @@ func (g grpcService) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, str
 	ctx := stream.Context()
 	snd := startSender(stream)
 	defer snd.stop()
-	d, err := g.svc.Open(ctx, service.Request{Message: req, Caller: grpcCaller(ctx), Transport: service.GRPC, Interrupt: snd.interrupt})
+	d, err := g.svc.Open(ctx, service.Request{Message: req, Caller: grpcCaller(ctx), Transport: service.GRPC, Interrupt: snd.interrupt,
+		FollowUntil: g.followUntil(ctx)})
 	if err != nil {
 		return err
 	}
@@ -41,7 +46,7 @@ func (g grpcService) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, str
 		if err != nil {
 			return d.Close(err)
 		}
-		msg := &lentChunk{DownloadTaskLogResponse: &buildlogv1.DownloadTaskLogResponse{Data: c.Data, Offset: c.Offset, Metadata: metadata}, release: c.Release}
+		msg := &lentChunk{DownloadTaskLogResponse: &buildlogv1.DownloadTaskLogResponse{Data: c.Data, Offset: c.Offset, Metadata: metadata, Action: c.Action}, release: c.Release}
 		if err := snd.send(msg); err != nil {
 			return d.Close(err)
 		}
@@ -56,6 +61,18 @@ func (g grpcService) DownloadTaskLog(req *buildlogv1.DownloadTaskLogRequest, str
 		}
 	}
 	return d.Close(nil)
+}
+
+// followUntil is when a followed download on the call's connection must
+// end: once grpc-go has sent GOAWAY for the connection's maximum age,
+// which it does within 10% of it, so that the caller follows on over a new
+// connection rather than hold this one open for ever.
+func (g grpcService) followUntil(ctx context.Context) time.Time {
+	guard := guardFrom(ctx)
+	if g.maxAge <= 0 || guard == nil {
+		return time.Time{}
+	}
+	return guard.opened.Add(g.maxAge + g.maxAge/10)
 }
 
 // sender sends a call's messages on a goroutine of its own, so that the

@@ -48,7 +48,8 @@ type connGuard struct {
 	logger    *slog.Logger
 	transport service.Transport
 	remote    string
-	cutOff    func() // closes the connection, with GOAWAY where it can
+	cutOff    func()    // closes the connection, with GOAWAY where it can
+	opened    time.Time // when the connection was accepted
 
 	mu      sync.Mutex
 	tokens  float64
@@ -58,7 +59,7 @@ type connGuard struct {
 }
 
 func newConnGuard(logger *slog.Logger, t service.Transport, remote net.Addr, cutOff func()) *connGuard {
-	return &connGuard{logger: logger, transport: t, remote: remote.String(), cutOff: cutOff, tokens: earlyCancelBurst, last: time.Now()}
+	return &connGuard{logger: logger, transport: t, remote: remote.String(), cutOff: cutOff, tokens: earlyCancelBurst, last: time.Now(), opened: time.Now()}
 }
 
 // ended counts a download of the connection that ended, cancelled early

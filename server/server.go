@@ -52,6 +52,7 @@ type Server struct {
 	restCalls  sync.WaitGroup // REST requests being served
 	health     *health.Server
 	upstream   *upstream.Client
+	svc        *service.Service
 
 	metrics     *metrics
 	adminLn     net.Listener // nil when the admin endpoints are off
@@ -88,6 +89,7 @@ func New(cfg Config) (*Server, error) {
 		service.WithChunkSize(cfg.ChunkSize),
 		service.WithMaxDownloads(cfg.MaxDownloads),
 		service.WithCallerIdleTimeout(cfg.CallerIdleTimeout),
+		service.WithFollow(cfg.FollowPollInterval, cfg.FollowMaxDuration),
 		service.WithObserver(observer{logger: cfg.Logger, metrics: m}),
 	}, sec.svcOpts...)...)
 	if err != nil {
@@ -98,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("build the REST mirror: %w", err)
 	}
 
-	s := &Server{cfg: cfg, health: health.NewServer(), upstream: up, metrics: m}
+	s := &Server{cfg: cfg, health: health.NewServer(), upstream: up, svc: svc, metrics: m}
 	s.grpcServer = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.KeepaliveParams(cfg.Keepalive),
 		grpc.KeepaliveEnforcementPolicy(cfg.KeepalivePolicy),
@@ -111,7 +113,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
 		codecOption(),
 	}, tr.grpcOptions()...)...)
-	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, grpcService{svc: svc})
+	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, grpcService{svc: svc, maxAge: cfg.Keepalive.MaxConnectionAge})
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
 	m.grpc.InitializeMetrics(s.grpcServer)
@@ -148,7 +150,7 @@ func (s *Server) restHandler(tr tracing, mirror http.Handler) http.Handler {
 			AllowedOrigins: s.cfg.CORSAllowedOrigins,
 			AllowedMethods: []string{http.MethodGet, http.MethodHead},
 			AllowedHeaders: []string{"X-Auth-Token", "Authorization", "Range", "Traceparent", "Tracestate", "Baggage"},
-			ExposedHeaders: []string{"Content-Length", "Content-Range", "Content-Disposition", "Accept-Ranges", "X-Request-Id", "Retry-After"},
+			ExposedHeaders: []string{"Content-Length", "Content-Range", "Content-Disposition", "Accept-Ranges", "X-Request-Id", "Retry-After", "Buildlog-Action-Status", "Buildlog-Action-Finished"},
 			MaxAge:         600,
 		}).Handler(h)
 	}
@@ -221,10 +223,12 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // shutdown stops the servers, giving in-flight calls the shutdown timeout
-// to finish.
+// to finish. Followed downloads, which would run until their actions end,
+// end at once, asking their callers to follow on elsewhere.
 func (s *Server) shutdown() {
 	s.cfg.Logger.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
 	s.health.Shutdown() // NOT_SERVING for every service
+	s.svc.EndFollows()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 

@@ -36,19 +36,29 @@ type Download struct {
 	ctx   context.Context // the caller's
 	start time.Time
 
+	// followCtx is ctx, and for a followed download also ended by
+	// Service.EndFollows; upstream requests and waits run under it.
+	followCtx  context.Context
+	stopFollow func()
+	follow     *follower // nil unless the download follows (follow.go)
+
 	// Set by Open once the upstream has answered.
-	cancel    context.CancelFunc // ends the upstream request
-	body      io.Closer
-	pump      *pump
-	ring      *[]byte // from s.rings; nil for a ring of the range's size
 	meta      *buildlogv1.LogMetadata
 	offset    int64 // where the range starts
 	pos       int64 // the log offset of the next chunk
 	out       int64 // the log offset of the chunk last handed out
 	remaining int64 // bytes of the range not yet handed out
-	size      int64 // the whole log's size, -1 unknown
+	size      int64 // the whole log's size, -1 unknown (or growing)
 	admitted  bool
 
+	// The segment being read: one upstream answer (a download that does
+	// not follow has one).
+	cancel    context.CancelFunc // ends the upstream request
+	body      io.Closer
+	pump      *pump
+	ring      *[]byte     // from s.rings; nil for a ring of the range's size
+	segStart  int64       // the log offset the segment starts at
+	segSize   int64       // the log's size as the segment's answer gave it, -1 unknown
 	stopAbort func() bool // stops aborting the pump when the caller leaves
 
 	idle *time.Timer // the caller idle timeout, while a chunk is out
@@ -67,6 +77,11 @@ type Chunk struct {
 	// Data are the bytes; Offset is the log offset of Data[0].
 	Data   []byte
 	Offset int64
+	// Action, on a followed download only, is the action's state when it
+	// is new to the caller: on the first chunk, the first after it
+	// changed, and the last, which has no Data, when the action finished.
+	// A chunk may carry an Action and no Data.
+	Action *buildlogv1.ActionState
 	region *region
 }
 
@@ -74,7 +89,11 @@ type Chunk struct {
 // call it once they are written or copied, from any goroutine; a second
 // call does nothing. The download's buffer is reused only once every chunk
 // handed out was released, Close or not.
-func (c Chunk) Release() { c.region.release() }
+func (c Chunk) Release() {
+	if c.region != nil {
+		c.region.release()
+	}
+}
 
 // Open starts a download: it authenticates the caller, validates the
 // request, takes a download slot and opens the log upstream, with retries.
@@ -123,30 +142,72 @@ func (d *Download) open() error {
 	if d.req.Probe {
 		ureq.Limit = 1 // the answer's headers are what is wanted
 	}
-	// The upstream request has its own cancel, to release a read the pump
-	// is blocked in when the download ends first.
-	ctx, cancel := context.WithCancel(d.ctx)
-	d.cancel = cancel
-	if err := ctx.Err(); err != nil {
-		return err // the caller left: its request is never sent
+	d.followCtx = d.ctx
+	if m.GetFollow() {
+		ctx, cancel := context.WithCancel(d.ctx)
+		stop := context.AfterFunc(s.ending, cancel)
+		d.followCtx, d.stopFollow = ctx, func() { stop(); cancel() }
+		if err := d.startFollow(ureq); err != nil {
+			return d.followErrOr(err)
+		}
+		ureq = d.follow.ureq
 	}
-	log, err := s.source.DownloadTaskLog(ctx, ureq)
+	log, err := d.request(ureq)
 	if err != nil {
-		return err
+		return d.followErrOr(err)
 	}
-	d.body, d.size = log.Body, log.Size
-	if log.Size >= 0 && d.offset > log.Size {
+	d.size = log.Size
+	if log.Size >= 0 && d.offset > log.Size && (d.follow == nil || d.follow.final) {
+		log.Body.Close()
 		return offsetError(d.offset, log.Size)
 	}
 	// The metadata is read before the pump starts: a resumption updates
 	// log.RequestID from the pump's goroutine.
 	d.meta = logMetadata(m, log)
+	if f := d.follow; f != nil {
+		f.seen = log.Size
+		if !f.final {
+			// The log grows: its size is not known yet.
+			d.size, d.meta.TotalSize = -1, nil
+		}
+	}
 	if d.req.Probe {
+		d.body = log.Body
 		return nil
 	}
-	switch n := min(log.Size-d.offset, d.remaining); {
+	d.startSegment(log)
+	return nil
+}
+
+// request asks the upstream for a segment of the log, under a context of
+// its own: cancelling it releases a read the pump is blocked in.
+func (d *Download) request(ureq upstream.Request) (*upstream.Log, error) {
+	ctx, cancel := context.WithCancel(d.followCtx)
+	if err := ctx.Err(); err != nil {
+		cancel()
+		return nil, err // the caller left: its request is never sent
+	}
+	log, err := d.s.source.DownloadTaskLog(ctx, ureq)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	d.cancel = cancel
+	return log, nil
+}
+
+// startSegment starts reading an upstream answer from d.pos, with a pump
+// and a ring fit for what it holds; an answer with nothing in range gets
+// neither.
+func (d *Download) startSegment(log *upstream.Log) {
+	s := d.s
+	d.body, d.segStart, d.segSize = log.Body, d.pos, log.Size
+	switch n := min(log.Size-d.pos, d.remaining); {
+	case log.Size >= 0 && n <= 0:
+		d.endSegment() // nothing (new) to read
+		return
 	case log.Size >= 0 && n < smallRange:
-		d.pump = readInline(log.Body, make([]byte, max(n, 1)))
+		d.pump = readInline(log.Body, make([]byte, n))
 	case log.Size >= 0 && n <= int64(s.chunkSize):
 		// The range fits in one chunk: reading ahead of it gains nothing.
 		// (What has arrived is still handed out as it arrives.)
@@ -156,16 +217,48 @@ func (d *Download) open() error {
 		d.ring = s.rings.Get().(*[]byte)
 		d.pump = startPump(log.Body, *d.ring)
 	}
-	// When the caller leaves, a Next waiting for room in the ring returns:
-	// chunks handed to a stalled transport may never be released.
-	p := d.pump
-	d.stopAbort = context.AfterFunc(d.ctx, func() { p.abort(d.ctx.Err()) })
-	return nil
+	// When the caller leaves (or follows end), a Next waiting for room in
+	// the ring returns: chunks handed to a stalled transport may never be
+	// released.
+	p, ctx := d.pump, d.followCtx
+	d.stopAbort = context.AfterFunc(ctx, func() { p.abort(ctx.Err()) })
+}
+
+// endSegment releases the segment's upstream request at once, and its
+// ring once every chunk lent from it is released.
+func (d *Download) endSegment() {
+	if d.cancel != nil {
+		d.cancel() // releases a read waiting on the upstream
+		d.cancel = nil
+	}
+	if d.pump != nil {
+		d.stopAbort()
+		ring := d.ring
+		d.pump.stop(func() {
+			if ring != nil {
+				d.s.rings.Put(ring)
+			}
+		})
+		d.pump, d.ring = nil, nil
+	}
+	if d.body != nil {
+		d.body.Close()
+		d.body = nil
+	}
 }
 
 // Metadata describes the log: its media type, file name, size when the
 // upstream announced it, and the upstream's request id.
 func (d *Download) Metadata() *buildlogv1.LogMetadata { return d.meta }
+
+// Action is the state of a followed download's action as it was last
+// asked; nil when the download does not follow.
+func (d *Download) Action() *buildlogv1.ActionState {
+	if d.follow == nil {
+		return nil
+	}
+	return d.follow.action
+}
 
 // Offset is where the requested range starts.
 func (d *Download) Offset() int64 { return d.offset }
@@ -181,33 +274,54 @@ func (d *Download) Length() int64 {
 
 // Next returns the next chunk of the range, up to the chunk size, as soon
 // as some bytes of it have arrived; io.EOF once the whole range was handed
-// out. Any other error ends the download: pass it to Close.
+// out (and, when following, the action finished). Any other error ends the
+// download: pass it to Close.
 func (d *Download) Next() (Chunk, error) {
 	if d.stopIdle() {
 		// The timeout fired as the caller took the last chunk: it is over.
 		return Chunk{}, callerIdleError(d.s.callerIdle, d.pos)
 	}
-	if d.remaining == 0 || d.pump == nil { // the range is over, or a probe
-		return Chunk{}, io.EOF
-	}
-	data, err := d.pump.next(min(int64(d.s.chunkSize), d.remaining))
-	if len(data) > 0 {
-		c := Chunk{Data: data, Offset: d.pos, region: d.pump.lend(len(data))}
-		d.out = d.pos
-		d.pos += int64(len(data))
-		d.remaining -= int64(len(data))
-		d.s.observer.Relayed(d.req.Transport, len(data))
-		d.startIdle()
-		return c, nil
-	}
-	if err == io.EOF {
-		if d.size >= 0 && d.pos != d.size {
+	for d.remaining > 0 {
+		if d.pump == nil {
+			if d.follow == nil || d.req.Probe {
+				break // an empty range, or a probe
+			}
+			c, err := d.between()
+			if err != nil {
+				return Chunk{}, err
+			}
+			if c.Action != nil {
+				d.out = d.pos
+				d.startIdle()
+				return c, nil
+			}
+			continue
+		}
+		data, err := d.pump.next(min(int64(d.s.chunkSize), d.remaining))
+		if len(data) > 0 {
+			c := Chunk{Data: data, Offset: d.pos, Action: d.follow.take(), region: d.pump.lend(len(data))}
+			d.out = d.pos
+			d.pos += int64(len(data))
+			d.remaining -= int64(len(data))
+			d.s.observer.Relayed(d.req.Transport, len(data))
+			d.startIdle()
+			return c, nil
+		}
+		if err != nil && err != io.EOF {
+			return Chunk{}, d.followErrOr(&interruptedError{resumeOffset: d.pos, requestID: d.meta.GetRequestId(), err: err})
+		}
+		if d.segSize >= 0 && (d.pos < d.segSize || d.follow == nil && d.pos != d.segSize) {
 			return Chunk{}, &interruptedError{resumeOffset: d.pos, requestID: d.meta.GetRequestId(), err: io.ErrUnexpectedEOF}
 		}
-		d.remaining = 0
-		return Chunk{}, io.EOF
+		if d.follow == nil {
+			break
+		}
+		grew := d.pos > d.segStart
+		d.endSegment()
+		d.follow.segmentOver(grew, d.s.follow.interval)
 	}
-	return Chunk{}, &interruptedError{resumeOffset: d.pos, requestID: d.meta.GetRequestId(), err: err}
+	d.remaining = 0
+	return Chunk{}, io.EOF
 }
 
 // Close ends the download and returns what its caller is to be told: nil
@@ -236,20 +350,12 @@ func (d *Download) Close(err error) error {
 	default:
 		d.ended = toError(d.ctx, err)
 	}
-	if d.cancel != nil {
-		d.cancel() // releases a read waiting on the upstream
+	if d.follow != nil && d.ended != nil && d.admitted {
+		d.ended = withResumeOffset(d.ended, d.pos)
 	}
-	if d.pump != nil {
-		d.stopAbort()
-		ring := d.ring
-		d.pump.stop(func() {
-			if ring != nil {
-				d.s.rings.Put(ring)
-			}
-		})
-	}
-	if d.body != nil {
-		d.body.Close()
+	d.endSegment()
+	if d.stopFollow != nil {
+		d.stopFollow()
 	}
 	if d.admitted && d.s.slots != nil {
 		<-d.s.slots

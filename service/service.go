@@ -38,6 +38,9 @@ const (
 // LogSource fetches action logs. *upstream.Client implements it.
 type LogSource interface {
 	DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error)
+	// ActionStatus tells whether the log's action has finished, for
+	// followed downloads.
+	ActionStatus(ctx context.Context, req upstream.Request) (*upstream.Action, error)
 }
 
 // Service runs downloads. It is safe for concurrent use.
@@ -53,6 +56,11 @@ type Service struct {
 	// callerIdle ends a download whose caller accepts no bytes this long;
 	// 0 never does.
 	callerIdle time.Duration
+	// follow is how followed downloads poll (follow.go).
+	follow followPolicy
+	// ending is cancelled by EndFollows: followed downloads end at once.
+	ending    context.Context
+	endFollow context.CancelFunc
 }
 
 // Option configures a [Service].
@@ -90,9 +98,14 @@ func WithCallerIdleTimeout(d time.Duration) Option {
 
 // New returns a service that fetches logs from source.
 func New(source LogSource, opts ...Option) (*Service, error) {
-	s := &Service{source: source, chunkSize: DefaultChunkSize, observer: nopObserver{}}
+	s := &Service{source: source, chunkSize: DefaultChunkSize, observer: nopObserver{},
+		follow: followPolicy{interval: DefaultFollowPollInterval, maxDuration: DefaultFollowMaxDuration}}
+	s.ending, s.endFollow = context.WithCancel(context.Background())
 	for _, opt := range opts {
 		opt(s)
+	}
+	if err := s.follow.check(); err != nil {
+		return nil, err
 	}
 	if s.chunkSize < MinChunkSize || s.chunkSize > MaxChunkSize {
 		return nil, fmt.Errorf("chunk-size %d is out of range: use %d to %d bytes", s.chunkSize, MinChunkSize, MaxChunkSize)
@@ -137,6 +150,10 @@ type Request struct {
 	// caller reads nothing) return, so that the download can end: see
 	// [WithCallerIdleTimeout]. It may be called from another goroutine.
 	Interrupt func()
+	// FollowUntil, when not zero, is when a followed download must end,
+	// with a status that asks the caller to resume: the transport closes
+	// the connection then (its maximum age).
+	FollowUntil time.Time
 }
 
 // Observer hears of downloads, for the access log and metrics. Its methods

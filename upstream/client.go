@@ -36,6 +36,10 @@ type Request struct {
 	// Limit bytes (0: to the end). They are sent as a Range header; from an
 	// upstream that ignores it, the client skips to Offset itself.
 	Offset, Limit int64
+	// Growing says the log may grow while it is read (its action runs): a
+	// resumption then accepts a longer log, whose version changed with its
+	// length, as long as it is not shorter than what was read.
+	Growing bool
 }
 
 // Log is a successful response: the log file and what the upstream said
@@ -58,6 +62,9 @@ type Log struct {
 	// RequestID is the X-Request-Id header; empty when absent. After a
 	// transparent resumption (during Body reads) it is the resumed answer's.
 	RequestID string
+	// Skipped counts the bytes before the request's Offset that the
+	// upstream sent anyway (it ignored the Range) and the client discarded.
+	Skipped int64
 
 	// start is the log offset of the answer's first byte: the request's
 	// Offset when the upstream honoured the Range, 0 when it sent the whole
@@ -325,6 +332,7 @@ func skipTo(log *Log, offset int64) error {
 		return nil
 	}
 	n, err := io.CopyN(io.Discard, log.Body, skip)
+	log.Skipped = n
 	switch {
 	case err == io.EOF:
 		log.Body.Close()
@@ -369,16 +377,25 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 // (the caller's token, or the server's), to redact from what the answer
 // puts in errors and metadata.
 func (c *Client) get(ctx context.Context, req Request, ranged bool) (*http.Response, string, error) {
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(req).String(), nil)
+	header := http.Header{"Accept": {"application/octet-stream, application/json;q=0.9, */*;q=0.1"}}
+	if ranged {
+		header.Set("Range", rangeHeader(req.Offset, req.Limit))
+	}
+	return c.send(ctx, c.URL(req), header, req.Token, ranged)
+}
+
+// send sends a GET of u with header and the caller's token (or the
+// server's credentials), as get describes.
+func (c *Client) send(ctx context.Context, u *url.URL, header http.Header, token string, ranged bool) (*http.Response, string, error) {
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, "", fmt.Errorf("build upstream request: %w", err)
 	}
-	hreq.Header.Set("Accept", "application/octet-stream, application/json;q=0.9, */*;q=0.1")
-	hreq.Header.Set("User-Agent", userAgent)
-	if ranged {
-		hreq.Header.Set("Range", rangeHeader(req.Offset, req.Limit))
+	for k, v := range header {
+		hreq.Header[k] = v
 	}
-	secret, err := c.authorize(ctx, hreq, req.Token)
+	hreq.Header.Set("User-Agent", userAgent)
+	secret, err := c.authorize(ctx, hreq, token)
 	if err != nil {
 		return nil, "", err
 	}

@@ -110,6 +110,10 @@ func (b *resumingBody) resume() error {
 // sameLog checks that a resumed answer describes the log being downloaded.
 func (b *resumingBody) sameLog(log *Log) error {
 	switch {
+	case b.req.Growing && log.Size >= 0 && log.Size < b.pos:
+		return &ChangedError{Offset: b.pos, Problem: fmt.Sprintf("it is now %d bytes long", log.Size)}
+	case b.req.Growing:
+		return nil // it grows, so its size and version change
 	case b.size >= 0 && log.Size >= 0 && log.Size != b.size:
 		return &ChangedError{Offset: b.pos, Problem: fmt.Sprintf("its size was %d bytes and is now %d", b.size, log.Size)}
 	case log.Size >= 0 && log.Size < b.pos:

@@ -63,18 +63,25 @@ func (p RetryPolicy) validate() error {
 // long as the policy and ctx's deadline allow. It returns the last error
 // when it gives up.
 func (c *Client) openWithRetry(ctx context.Context, req Request) (*Log, error) {
+	return withRetry(ctx, c, func() (*Log, error) { return c.open(ctx, req) })
+}
+
+// withRetry calls try until it succeeds, or fails in a way another try
+// cannot cure, or the policy or ctx's deadline allows no more tries; then
+// it returns the last error.
+func withRetry[T any](ctx context.Context, c *Client, try func() (T, error)) (T, error) {
 	for attempt := 1; ; attempt++ {
-		log, err := c.open(ctx, req)
+		v, err := try()
 		if err == nil {
-			return log, nil
+			return v, nil
 		}
 		reason, ok := retryable(ctx, err)
 		if !ok || attempt >= c.retry.Attempts {
-			return nil, err
+			return v, err
 		}
 		wait, ok := c.retry.wait(attempt, err)
 		if !ok || !sleep(ctx, wait) {
-			return nil, err
+			return v, err
 		}
 		c.observer.Retry(reason)
 	}

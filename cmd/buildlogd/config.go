@@ -104,6 +104,8 @@ func registerFlags(fs *flag.FlagSet, cfg *config, upstreamURL, region *string) {
 	fs.IntVar(&c.MaxDownloads, "max-downloads", c.MaxDownloads, "most downloads in flight, gRPC and REST together; beyond it calls fail at once with RESOURCE_EXHAUSTED (HTTP 429)")
 	fs.IntVar(&c.MaxStreamsPerConnection, "max-streams-per-connection", c.MaxStreamsPerConnection, "most calls one client connection may have open at once (HTTP/2 streams), on both listeners; further calls wait for one of its own to end")
 	fs.DurationVar(&c.CallerIdleTimeout, "caller-idle-timeout", c.CallerIdleTimeout, "end a download whose caller has accepted no bytes this long, freeing its slot (retryable, with resumeOffset); 0 for never")
+	fs.DurationVar(&c.FollowPollInterval, "follow-poll-interval", c.FollowPollInterval, "how often a followed download (follow=true) polls the upstream while its log grows; up to 3 times less often while it does not")
+	fs.DurationVar(&c.FollowMaxDuration, "follow-max-duration", c.FollowMaxDuration, "end a followed download after this long (DEADLINE_EXCEEDED/FOLLOW_TIME_LIMIT with resumeOffset: the caller follows on with a new call)")
 	fs.Func("cors-allowed-origins", "comma-separated `origins` (or *) whose browser pages may call the REST mirror; none by default", func(v string) error {
 		c.CORSAllowedOrigins = nil
 		for o := range strings.SplitSeq(v, ",") {

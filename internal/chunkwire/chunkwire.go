@@ -43,7 +43,7 @@ func Decode(b, lent []byte, m any) error {
 // service's codec writes it. Fields it does not know, as from a newer
 // server, are kept as unknown fields, as proto.Unmarshal keeps them. It
 // reports false, having changed nothing, for input it does not handle: a
-// known field of the wrong wire type, metadata twice, a lent elsewhere, or
+// known field of the wrong wire type, metadata or action twice, a lent elsewhere, or
 // malformed input (which proto.Unmarshal then reports).
 func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 	var (
@@ -51,6 +51,8 @@ func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 		offset   int64
 		metadata []byte // the last metadata field; several are merged by proto.Unmarshal
 		mdCount  int
+		action   []byte // the last action field, as metadata
+		acCount  int
 		unknown  []byte
 	)
 	for len(b) > 0 {
@@ -76,7 +78,10 @@ func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 		case num == 3 && typ == protowire.BytesType:
 			metadata, n = protowire.ConsumeBytes(b)
 			mdCount++
-		case num <= 3 || !num.IsValid():
+		case num == 4 && typ == protowire.BytesType:
+			action, n = protowire.ConsumeBytes(b)
+			acCount++
+		case num <= 4 || !num.IsValid():
 			return false // a known field of another wire type, or no field
 		default:
 			// Kept as proto.Unmarshal keeps them: the tag re-encoded, then
@@ -86,7 +91,7 @@ func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 				unknown = append(protowire.AppendTag(unknown, num, typ), b[:n]...)
 			}
 		}
-		if n < 0 || mdCount > 1 {
+		if n < 0 || mdCount > 1 || acCount > 1 {
 			return false
 		}
 		b = b[n:]
@@ -101,11 +106,18 @@ func decodeChunk(b, lent []byte, m *buildlogv1.DownloadTaskLogResponse) bool {
 			return false
 		}
 	}
+	var ac *buildlogv1.ActionState
+	if acCount > 0 {
+		ac = &buildlogv1.ActionState{}
+		if proto.Unmarshal(action, ac) != nil {
+			return false
+		}
+	}
 	if len(data) == 0 {
 		data = nil // as proto.Unmarshal leaves an empty proto3 bytes field
 	}
 	proto.Reset(m)
-	m.Data, m.Offset, m.Metadata = data, offset, md
+	m.Data, m.Offset, m.Metadata, m.Action = data, offset, md, ac
 	if unknown != nil {
 		m.ProtoReflect().SetUnknown(unknown)
 	}

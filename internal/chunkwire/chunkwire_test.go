@@ -51,6 +51,11 @@ func TestDecodeMatchesProto(t *testing.T) {
 		{name: "stray end group", in: protowire.AppendTag(encode(withMetadata), 8, protowire.EndGroupType)},
 		{name: "known field, other wire type", in: protowire.AppendFixed32(protowire.AppendTag(encode(withMetadata), 2, protowire.Fixed32Type), 1)},
 		{name: "truncated", in: encode(withMetadata)[:10]},
+		{name: "action", in: encode(&buildlogv1.DownloadTaskLogResponse{Data: data, Offset: 3, Action: &buildlogv1.ActionState{Finished: true, Status: "success", FinishTime: "2026-12-02 18:00:00"}}), aliases: true},
+		{name: "action only", in: encode(&buildlogv1.DownloadTaskLogResponse{Offset: 3, Action: &buildlogv1.ActionState{Status: "running"}})},
+		{name: "action twice is merged", in: append(encode(&buildlogv1.DownloadTaskLogResponse{Action: &buildlogv1.ActionState{Status: "running"}}), encode(&buildlogv1.DownloadTaskLogResponse{Action: &buildlogv1.ActionState{Finished: true}})...)},
+		{name: "bad action", in: protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), []byte{0xff})},
+		{name: "action, other wire type", in: protowire.AppendVarint(protowire.AppendTag(encode(withMetadata), 4, protowire.VarintType), 1)},
 		{name: "bad metadata", in: protowire.AppendBytes(protowire.AppendTag(nil, 3, protowire.BytesType), []byte{0xff})},
 	}
 	for _, tt := range tests {

@@ -2,7 +2,9 @@
 // of net/http/httptest: a real HTTP server on a loopback port that serves
 // GET /v4/{record_id}/task-log as the real API does (token check, validation
 // errors in the upstream's shapes, request ids), with logs of any size
-// generated on the fly and faults injected on demand.
+// generated on the fly and faults injected on demand. Actions may still be
+// running, their logs growing, and GET /v1/record/{record_id}/full-stages
+// reports their state (running.go, stages.go).
 //
 // Tests, the demo mode of buildlogd and the benchmarks all use it.
 package upstreamtest
@@ -64,6 +66,9 @@ type Log struct {
 type Fault struct {
 	// RecordID limits the fault to one record; empty matches every request.
 	RecordID string
+	// Route limits the fault to one route, [RouteTaskLog] or
+	// [RouteFullStages]; empty matches every request.
+	Route string
 	// Times is how many requests the fault applies to: 0 means once,
 	// negative means every request from now on.
 	Times int
@@ -139,6 +144,7 @@ type Server struct {
 	tokens   map[string]bool
 	auth     authState // AK/SK keys and the fake IAM: auth.go
 	logs     map[logKey]Log
+	running  runningState // actions of AddAction: running.go
 	faults   []*Fault
 	requests []Request
 	count    int
@@ -168,6 +174,7 @@ func Start(addr string) (*Server, error) {
 		served:   make(chan struct{}),
 		tokens:   map[string]bool{},
 		logs:     map[logKey]Log{},
+		running:  runningState{epoch: time.Now()},
 	}
 	s.http = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -196,6 +203,7 @@ func (s *Server) AddLog(recordID, taskName string, log Log) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.logs[logKey{recordID, taskName}] = log
+	delete(s.running.actions, logKey{recordID, taskName})
 }
 
 // Inject queues a fault.
@@ -233,10 +241,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	recordID, ok := parsePath(r.URL.Path)
+	route, recordID, ok := parsePath(r.URL.Path)
 	done := make(chan struct{})
 	defer close(done)
-	fault, tokenOK, log, found := s.record(r, recordID, done)
+	fault, tokenOK, log, found := s.record(r, route, recordID, done)
 	if fault != nil && fault.After != nil {
 		defer fault.After()
 	}
@@ -253,6 +261,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, APINotFoundCode, "method not allowed", requestID)
 	case !tokenOK:
 		writeError(w, http.StatusUnauthorized, AuthFailedCode, "Incorrect IAM authentication information: verify aksk signature fail or token is missing or invalid", requestID)
+	case route == RouteFullStages:
+		s.serveStages(w, r, recordID, fault)
 	default:
 		if msg := validate(r, recordID); msg != "" {
 			writeError(w, http.StatusBadRequest, InvalidParameterCode, msg, requestID)
@@ -267,8 +277,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // record notes the request and returns what answering it needs: the fault
-// to apply, whether the token is valid and the log asked for.
-func (s *Server) record(r *http.Request, recordID string, done <-chan struct{}) (*Fault, bool, Log, bool) {
+// to apply, whether the token is valid and the log asked for, as it is now.
+func (s *Server) record(r *http.Request, route, recordID string, done <-chan struct{}) (*Fault, bool, Log, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count++
@@ -283,7 +293,7 @@ func (s *Server) record(r *http.Request, recordID string, done <-chan struct{}) 
 	})
 	var fault *Fault
 	for i, f := range s.faults {
-		if f.RecordID != "" && f.RecordID != recordID {
+		if (f.RecordID != "" && f.RecordID != recordID) || (f.Route != "" && f.Route != route) {
 			continue
 		}
 		fault = f
@@ -296,7 +306,7 @@ func (s *Server) record(r *http.Request, recordID string, done <-chan struct{}) 
 		}
 		break
 	}
-	log, found := s.logs[logKey{recordID, r.URL.Query().Get("task_name")}]
+	log, found := s.lookupLog(recordID, r.URL.Query().Get("task_name"))
 	return fault, s.authorized(r), log, found
 }
 
@@ -333,20 +343,10 @@ func applyFault(w http.ResponseWriter, r *http.Request, f *Fault) bool {
 	return true
 }
 
-// parsePath returns the record id of a /v4/{record_id}/task-log path.
-func parsePath(p string) (string, bool) {
-	rest, ok := strings.CutPrefix(p, "/v4/")
-	if !ok {
-		return "", false
-	}
-	id, ok := strings.CutSuffix(rest, "/task-log")
-	return id, ok && id != "" && !strings.Contains(id, "/")
-}
-
 // validate checks parameters as the upstream does and returns the error
 // message, or "" when the request is valid.
 func validate(r *http.Request, recordID string) string {
-	if len(recordID) != 36 || strings.Trim(recordID, "0123456789abcdefghijklmnopqrstuvwxyz-") != "" {
+	if !validRecordID(recordID) {
 		return "Invalid parameter: record_id"
 	}
 	q := r.URL.Query()
