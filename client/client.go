@@ -1,5 +1,22 @@
 // Package client helps Go programs call buildlog's gRPC API through the
-// generated stubs in gen/buildlog/v1.
+// generated stubs in gen/buildlog/v1: [Download] and [Follow] write a log
+// to an io.Writer with as many calls as it takes (follow.go), and the
+// chunk codec decodes its messages with one copy less (client.go).
+//
+// Follow tails a build action's log until the action finished, as
+// `tail -f` does, reconnecting from where the bytes written end after
+// every ending the server means to be resumed (its follow time limit, its
+// shutdown or restart, an upstream failure):
+//
+//	ctx = metadata.AppendToOutgoingContext(ctx, api.TokenMetadataKey, token)
+//	res, err := client.Follow(ctx, buildlogv1.NewBuildLogServiceClient(conn), req, os.Stdout)
+//	// err == nil: the whole log was written; res.Action.Status is the action's final status
+//
+// Reconnects go through the caller's grpc.ClientConn, whose own backoff
+// (1 s growing to 120 s by default) decides when a server that went away
+// is dialled again; a call made before then fails at once and counts as a
+// failed call. grpc.WithConnectParams with a shorter MaxDelay (the CLI
+// uses 5 s) lets a follow ride out a server restart sooner.
 //
 // A download's stream messages each carry up to a chunk of log data (256
 // KiB by default). gRPC's proto codec gathers a received message into a

@@ -14,6 +14,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -28,6 +30,18 @@ Downloads one build action log from a buildlogd server and writes it to
 stdout, or to a file with -o. The file is written under a temporary name and
 renamed when the whole log has arrived; after a failure nothing is left
 behind and the exit status is 1.
+
+With --follow (-f) the log is followed while its action runs, as tail -f
+does: the command writes what the action has logged so far, then each new
+part as it is written, and ends once the action finished and its whole log
+was written, printing the action's final status on stderr
+("buildlog: action finished: success"). It reconnects by itself, from where
+the bytes written end, when the server ends the call early (its follow time
+limit, a restart or shutdown, an upstream failure), saying so on stderr; it
+gives up after 10 calls in a row that brought nothing new. With -o the file
+appears only once the action finished; to watch a log live, follow it to
+stdout (| tee FILE). The exit status is 0 once the log is complete, 1
+otherwise, Ctrl-C included.
 
 With -o and stderr on a terminal, a progress bar shows the bytes received
 (and the total, when the server announced the log's size).
@@ -47,6 +61,8 @@ Examples:
   buildlog download --addr localhost:9090 --record-id ID --task-name stage1 > stage1.log
   buildlog download --addr localhost:9090 --record-id ID --task-name stage2 --log-level debug -o stage2.log
   buildlog download --addr localhost:9090 --record-id ID --task-name stage1 --offset 51000 >> stage1.log
+  buildlog download --addr localhost:9090 --record-id ID --task-name stage3 -f | tee stage3.log
+  buildlog download --addr localhost:9090 --record-id ID --task-name stage3 --follow -o stage3.log
 
 Flags:
 `
@@ -60,6 +76,7 @@ type downloadFlags struct {
 	limit    int64
 	token    string
 	output   string
+	follow   bool
 	security securityFlags // see tls.go
 }
 
@@ -79,6 +96,8 @@ func parseDownloadFlags(args []string, env environment) (*downloadFlags, error) 
 	fs.Int64Var(&f.limit, "limit", 0, "return at most this many `bytes` (0: to the end)")
 	fs.StringVar(&f.token, "token", "", "IAM `token` (default $BUILDLOG_TOKEN)")
 	fs.StringVar(&f.output, "o", "", "write the log to `FILE` instead of stdout")
+	fs.BoolVar(&f.follow, "follow", false, "follow the log until its action finished, reconnecting as needed")
+	fs.BoolVar(&f.follow, "f", false, "short for --follow")
 	f.security.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -114,6 +133,14 @@ func parseDownloadFlags(args []string, env environment) (*downloadFlags, error) 
 	return &f, nil
 }
 
+// reconnectParams shorten grpc-go's connection backoff (1 s growing to
+// 120 s) to at most 5 s, so that a follow rides out a buildlogd restart
+// within its retry budget (about 25 s).
+var reconnectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+	MinConnectTimeout: 20 * time.Second,
+}
+
 func download(ctx context.Context, args []string, env environment) error {
 	f, err := parseDownloadFlags(args, env)
 	if err != nil {
@@ -128,7 +155,7 @@ func download(ctx context.Context, args []string, env environment) error {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(tc), client.WithChunkCodec())
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(tc), client.WithChunkCodec(), grpc.WithConnectParams(reconnectParams))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", f.addr, err)
 	}
@@ -140,95 +167,97 @@ func download(ctx context.Context, args []string, env environment) error {
 	if f.security.bearer != "" {
 		md = append(md, "authorization", "Bearer "+f.security.bearer)
 	}
-	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, md...))
-	defer cancel()
-	stream, err := buildlogv1.NewBuildLogServiceClient(conn).DownloadTaskLog(ctx, &buildlogv1.DownloadTaskLogRequest{
-		RecordId: f.recordID,
-		TaskName: f.taskName,
-		LogLevel: buildlogv1.LogLevel(level),
-		Offset:   f.offset,
-		Limit:    f.limit,
-	})
-	if err != nil {
-		return err
-	}
+	ctx = metadata.AppendToOutgoingContext(ctx, md...)
 
 	out, err := openOutput(f.output, env.stdout)
 	if err != nil {
 		return err
 	}
 	defer out.discard()
-	w := io.Writer(out)
-	progress := f.output != "" && env.isTerminal()
-	var bar *progressbar.ProgressBar
-	n, err := receive(stream, f.offset, f.limit, func(md *buildlogv1.LogMetadata) {
-		if progress {
-			total := int64(-1)
-			if md.TotalSize != nil {
-				total = expectedLength(md.GetTotalSize(), f.offset, f.limit)
-			}
-			bar = progressbar.NewOptions64(total,
-				progressbar.OptionSetWriter(env.stderr),
-				progressbar.OptionSetDescription(filepath.Base(f.output)),
-				progressbar.OptionShowBytes(true),
-				progressbar.OptionThrottle(100*time.Millisecond),
-				progressbar.OptionOnCompletion(func() { fmt.Fprintln(env.stderr) }),
-			)
-			w = io.MultiWriter(out, bar)
+	w := &progressWriter{w: out}
+	opts := []client.Option{client.OnMetadata(func(md *buildlogv1.LogMetadata) {
+		if f.output != "" && env.isTerminal() && w.bar == nil {
+			w.bar = newProgressBar(env, f, md)
 		}
-	}, func(p []byte) error {
-		_, err := w.Write(p)
-		return err
-	})
-	if err != nil {
-		return withResumeHint(err, f, n)
+	})}
+	req := &buildlogv1.DownloadTaskLogRequest{
+		RecordId: f.recordID,
+		TaskName: f.taskName,
+		LogLevel: buildlogv1.LogLevel(level),
+		Offset:   f.offset,
+		Limit:    f.limit,
 	}
-	if bar != nil {
-		_ = bar.Finish()
+	c := buildlogv1.NewBuildLogServiceClient(conn)
+	var res *client.Result
+	if f.follow {
+		opts = append(opts, client.OnReconnect(func(r client.Reconnect) {
+			fmt.Fprintf(env.stderr, "buildlog: %s; reconnecting from offset %d in %s\n", describe(r.Err), r.Offset, r.Delay.Round(time.Millisecond))
+		}))
+		res, err = client.Follow(ctx, c, req, w, opts...)
+	} else {
+		// A download without --follow is one call: after a failure, the
+		// command says how to append the rest.
+		res, err = client.Download(ctx, c, req, w, append(opts, client.WithMaxRetries(0))...)
+	}
+	if err != nil {
+		return withResumeHint(err, f, res.Written)
+	}
+	if w.bar != nil {
+		_ = w.bar.Finish()
 	}
 	if err := out.commit(); err != nil {
 		return err
 	}
+	if f.follow {
+		fmt.Fprintln(env.stderr, "buildlog:", actionSummary(res.Action))
+	}
 	if f.output != "" {
-		fmt.Fprintf(env.stderr, "wrote %d bytes to %s\n", n, f.output)
+		fmt.Fprintf(env.stderr, "wrote %d bytes to %s\n", res.Written, f.output)
 	}
 	return nil
 }
 
-// receive reads the stream to its end, passing the metadata to onMetadata
-// and each chunk's data to write, and checks that the chunks are contiguous
-// and, when the log's size is known, complete. It returns the number of
-// bytes received.
-func receive(stream grpc.ServerStreamingClient[buildlogv1.DownloadTaskLogResponse], offset, limit int64,
-	onMetadata func(*buildlogv1.LogMetadata), write func([]byte) error) (int64, error) {
-	pos := offset
-	var total *int64
-	for first := true; ; first = false {
-		msg, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return pos - offset, err
-		}
-		if first && msg.GetMetadata() != nil {
-			total = msg.GetMetadata().TotalSize
-			onMetadata(msg.GetMetadata())
-		}
-		if msg.GetOffset() != pos {
-			return pos - offset, fmt.Errorf("the server sent bytes at offset %d where %d was expected; the download is incomplete", msg.GetOffset(), pos)
-		}
-		if err := write(msg.GetData()); err != nil {
-			return pos - offset, fmt.Errorf("write the log: %w", err)
-		}
-		pos += int64(len(msg.GetData()))
+// actionSummary tells how a follow that completed left its action.
+func actionSummary(a *buildlogv1.ActionState) string {
+	switch {
+	case a.GetFinished() && a.GetStatus() != "":
+		return "action finished: " + a.GetStatus()
+	case a.GetFinished():
+		return "action finished"
+	case a.GetStatus() != "":
+		return "--limit reached; the action is still running: " + a.GetStatus()
 	}
-	if total != nil {
-		if want := expectedLength(*total, offset, limit); pos-offset != want {
-			return pos - offset, fmt.Errorf("the stream ended after %d of %d bytes; the download is incomplete", pos-offset, want)
-		}
+	return "--limit reached; the action is still running"
+}
+
+// progressWriter writes to w, and to bar once there is one.
+type progressWriter struct {
+	w   io.Writer
+	bar *progressbar.ProgressBar
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	if p.bar != nil {
+		_ = p.bar.Add(n)
 	}
-	return pos - offset, nil
+	return n, err
+}
+
+// newProgressBar is the progress bar of a download to a file: of the
+// range's size when the log's size is known, else of bytes only.
+func newProgressBar(env environment, f *downloadFlags, md *buildlogv1.LogMetadata) *progressbar.ProgressBar {
+	total := int64(-1)
+	if md.TotalSize != nil {
+		total = expectedLength(md.GetTotalSize(), f.offset, f.limit)
+	}
+	return progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(env.stderr),
+		progressbar.OptionSetDescription(filepath.Base(f.output)),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(env.stderr) }),
+	)
 }
 
 // expectedLength is how many bytes a range of a log of size total holds.
@@ -331,8 +360,9 @@ func (e *hintError) GRPCStatus() *status.Status { return status.Convert(e.err) }
 
 // withResumeHint tells what to do after a download that broke off, having
 // written n bytes to stdout: when the server says the rest can be fetched
-// (its error carries a resumeOffset), the same command with the offset
-// (and limit) of the part not written; when the log changed under the
+// (its error carries a resumeOffset; following, when the client would
+// have called again, or the user interrupted it), the same command with
+// the offset (and limit) of the part not written; when the log changed under the
 // download, to start over, since the bytes written belong to its old
 // version. The offset is that of the bytes written, which the server's
 // resumeOffset never exceeds. A failed -o download leaves no file to
@@ -342,15 +372,25 @@ func withResumeHint(err error, f *downloadFlags, n int64) error {
 	if f.output != "" || !ok {
 		return err
 	}
-	if _, resumable := e.Metadata[api.MetadataResumeOffset]; !resumable {
-		return err
-	}
-	if e.Reason == api.ReasonLogChanged {
+	_, resumable := e.Metadata[api.MetadataResumeOffset]
+	if resumable && e.Reason == api.ReasonLogChanged {
 		return &hintError{err: err, hint: fmt.Sprintf("%d bytes written belong to the log's old version; discard them and download it again from the start", n)}
+	}
+	if f.follow {
+		// Every ending of a followed call has a resumeOffset, a missing
+		// log's too: what can go on is what the client would have retried,
+		// and a follow the user interrupted.
+		resumable = client.Retryable(err) || e.Code == codes.Canceled
+	}
+	if !resumable {
+		return err
 	}
 	hint := fmt.Sprintf("%d bytes written; append the rest with --offset %d", n, f.offset+n)
 	if f.limit > 0 {
 		hint += fmt.Sprintf(" --limit %d", f.limit-n)
+	}
+	if f.follow {
+		hint += " --follow"
 	}
 	return &hintError{err: err, hint: hint}
 }

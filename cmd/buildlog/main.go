@@ -2,11 +2,13 @@
 // server over gRPC.
 //
 //	buildlog download --addr HOST:PORT --record-id ID --task-name NAME \
-//	    [--log-level debug] [--offset N] [--limit N] [--token T] [-o FILE]
+//	    [--log-level debug] [--offset N] [--limit N] [--token T] [-o FILE] [-f]
 //
 // The token may come from BUILDLOG_TOKEN instead of --token. The log goes to
 // stdout unless -o names a file; a file appears only once the whole log has
-// arrived, so a failed download never leaves a truncated file behind.
+// arrived, so a failed download never leaves a truncated file behind. With
+// -f (--follow) the command follows the log while its action runs,
+// reconnecting as needed, until the action finished.
 package main
 
 import (
@@ -34,13 +36,15 @@ Commands:
 Environment:
   BUILDLOG_TOKEN   the IAM token, when --token is not given
 
-Exit status: 0 on success, 1 when the download failed (the message names
+Exit status: 0 on success (with -f: once the action finished and its whole
+log was written), 1 when the download failed (the message names
 the gRPC code, the upstream's error code and request id), 2 for a command
 line that cannot run.
 
 Example:
   export BUILDLOG_TOKEN="$(cat my-iam-token)"
   buildlog download --addr localhost:9090 --record-id <36-character id> --task-name stage1 -o stage1.log
+  buildlog download --addr localhost:9090 --record-id <36-character id> --task-name stage2 -f
 `
 
 // exitUsage is the exit status for a command line that could not be parsed.

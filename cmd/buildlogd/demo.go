@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
@@ -13,8 +15,19 @@ import (
 const (
 	demoToken = "demo-token"
 
-	demoRecordSmall = "3f2a9c1e-7b4d-4e8a-9c6f-1d2e3f4a5b6c"
-	demoRecordLarge = "8b7c6d5e-4f3a-4b2c-9d1e-0f9e8d7c6b5a"
+	demoRecordSmall   = "3f2a9c1e-7b4d-4e8a-9c6f-1d2e3f4a5b6c"
+	demoRecordLarge   = "8b7c6d5e-4f3a-4b2c-9d1e-0f9e8d7c6b5a"
+	demoRecordRunning = "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a"
+)
+
+// The always-running action of demoRecordRunning: it grows by
+// demoRunningLines generated lines every demoRunningEvery, finishes after
+// demoRunningSteps steps (about 250 KiB in 100 s), pauses and starts over.
+const (
+	demoRunningLines = 8
+	demoRunningSteps = 400
+	demoRunningEvery = 250 * time.Millisecond
+	demoRunningPause = 15 * time.Second
 )
 
 // demoLog is the first action of the small sample record: a short, readable
@@ -41,26 +54,39 @@ func startDemoUpstream() (*upstreamtest.Server, error) {
 	up.AddLog(demoRecordSmall, "stage1", upstreamtest.Log{Content: []byte(demoLog), ContentType: "text/plain; charset=utf-8", FileName: "stage1.log"})
 	up.AddLog(demoRecordSmall, "stage2", upstreamtest.Log{Size: 10 << 20, OmitLength: true})
 	up.AddLog(demoRecordLarge, "stage1", upstreamtest.Log{Size: 1 << 30})
+	// Whole lines at each step, so that a follower sees complete lines.
+	line := int64(bytes.IndexByte(upstreamtest.Generate(1<<10, "INFO", "stage1"), '\n') + 1)
+	step := demoRunningLines * line
+	up.AddAction(demoRecordRunning, "stage1", upstreamtest.Action{
+		Log:     upstreamtest.Log{Size: demoRunningSteps * step, ContentType: "text/plain; charset=utf-8"},
+		Step:    step,
+		Every:   demoRunningEvery,
+		Restart: true,
+		Pause:   demoRunningPause,
+	})
 	return up, nil
 }
 
 // printDemo prints commands that exercise the demo server.
 func printDemo(w io.Writer, grpcAddr, httpAddr, adminAddr net.Addr) {
 	g, h := dialable(grpcAddr), dialable(httpAddr)
-	r := strings.NewReplacer("{grpc}", g, "{http}", h, "{token}", demoToken, "{small}", demoRecordSmall, "{large}", demoRecordLarge)
+	r := strings.NewReplacer("{grpc}", g, "{http}", h, "{token}", demoToken, "{small}", demoRecordSmall, "{large}", demoRecordLarge, "{running}", demoRecordRunning)
 	fmt.Fprint(w, r.Replace(`
 buildlogd demo: a simulated CodeArts Build upstream is running in-process.
 Token: {token}. Sample records:
   {small}  stage1 (a short build log), stage2 (10 MiB, streamed without a size)
   {large}  stage1 (1 GiB, generated on the fly)
+  {running}  stage1 (always running: grows every 250 ms to 250 KiB, then restarts after 15 s)
 
 REST mirror (same route as the upstream API):
   curl -sS -H 'X-Auth-Token: {token}' 'http://{http}/v4/{small}/task-log?task_name=stage1'
   curl -sS -H 'X-Auth-Token: {token}' 'http://{http}/v4/{large}/task-log?task_name=stage1&log_level=debug' -o large.log
+  curl -sSN -H 'X-Auth-Token: {token}' 'http://{http}/v4/{running}/task-log?task_name=stage1&follow=true'
 
 gRPC with the CLI:
   go run ./cmd/buildlog download --addr {grpc} --token {token} --record-id {small} --task-name stage1
   go run ./cmd/buildlog download --addr {grpc} --token {token} --record-id {large} --task-name stage1 -o large.log
+  go run ./cmd/buildlog download --addr {grpc} --token {token} --record-id {running} --task-name stage1 -f
 
 gRPC with grpcurl (server reflection is on; data is base64 in grpcurl's JSON):
   grpcurl -plaintext -H 'x-auth-token: {token}' -d '{"record_id":"{small}","task_name":"stage1"}' {grpc} buildlog.v1.BuildLogService/DownloadTaskLog
