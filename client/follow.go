@@ -40,7 +40,7 @@ var ErrProtocol = errors.New("the server broke the download protocol")
 
 // Result is how far a download got. [Download] and [Follow] return one with
 // every error too: the writer holds the log from the request's offset to
-// Offset+Written.
+// req.Offset+Written.
 type Result struct {
 	// Written is the number of log bytes written.
 	Written int64
