@@ -84,16 +84,20 @@ type follower struct {
 	grew    bool // the last segment delivered bytes
 	seen    int64
 	wait    time.Duration // before the next poll
-	until   time.Time     // when the download must end
-	byAge   bool          // until is the connection's, not the follow limit
-	ureq    upstream.Request
+	backoff time.Duration // the wait without the skipped prefix's
+	// skipWait is the least wait after a poll whose upstream ignored the
+	// Range: in proportion to the prefix it sent again.
+	skipWait time.Duration
+	until    time.Time // when the download must end
+	byAge    bool      // until is the connection's, not the follow limit
+	ureq     upstream.Request
 }
 
 // startFollow asks the action's state before the first read, and decides
 // when the download must end.
 func (d *Download) startFollow(ureq upstream.Request) error {
 	s := d.s
-	f := &follower{wait: s.follow.interval, until: d.start.Add(s.follow.maxDuration), seen: -1}
+	f := &follower{wait: s.follow.interval, backoff: s.follow.interval, until: d.start.Add(s.follow.maxDuration), seen: -1}
 	if u := d.req.FollowUntil; !u.IsZero() && u.Before(f.until) {
 		f.until, f.byAge = u, true
 	}
@@ -191,10 +195,7 @@ func (d *Download) poll() error {
 		log.Body.Close()
 		return offsetError(d.offset, log.Size)
 	}
-	f.wait = s.follow.interval
-	if log.Skipped > 0 {
-		f.wait = max(f.wait, time.Duration(float64(log.Skipped)/skipRate*float64(time.Second)))
-	}
+	f.skipWait = time.Duration(float64(log.Skipped) / skipRate * float64(time.Second))
 	d.startSegment(log)
 	if d.pump == nil {
 		f.segmentOver(false, s.follow.interval) // nothing new
@@ -202,13 +203,18 @@ func (d *Download) poll() error {
 	return nil
 }
 
-// segmentOver notes that a followed download's segment ended after
-// delivering from..d.pos, and paces the next poll.
+// segmentOver notes that a followed download's segment ended, having
+// delivered bytes or not, and paces the next poll: the base interval after
+// new bytes, longer after each poll without, and never less than what the
+// segment's skipped prefix asks.
 func (f *follower) segmentOver(grew bool, interval time.Duration) {
 	f.grew = grew
+	f.wait = interval
 	if !grew {
-		f.wait = min(time.Duration(float64(f.wait)*backoffFactor), maxBackoff*interval)
+		f.wait = min(time.Duration(float64(f.backoff)*backoffFactor), maxBackoff*interval)
 	}
+	f.backoff = max(f.wait, interval)
+	f.wait = max(f.wait, f.skipWait)
 }
 
 // followErr is why a followed download's wait ended early: the caller

@@ -352,6 +352,9 @@ func (c *Client) download(ctx context.Context, req Request) (*Log, error) {
 	}
 	if ranged && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 		if size, ok := unsatisfiedRangeSize(resp.Header.Get("Content-Range")); ok {
+			// Read to its end (it is short), so the connection is reused:
+			// a follower at the end of a log gets this answer at each poll.
+			io.CopyN(io.Discard, resp.Body, maxErrorBody)
 			resp.Body.Close()
 			// The range starts at or past the end: the service tells which.
 			return &Log{Body: http.NoBody, start: req.Offset, Size: size, RequestID: requestID(resp, secret)}, nil
