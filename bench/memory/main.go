@@ -5,12 +5,23 @@
 //     verified by SHA-256; peak resident set under 48 MiB;
 //   - slow readers: 48 downloads at once (half gRPC, half REST) of a large
 //     log, each read far slower than the upstream sends; peak resident set
-//     under 96 MiB.
+//     under 96 MiB;
+//   - idle followers: 1,000 followed downloads (follow=true; 500 gRPC over
+//     10 connections, 500 REST each on an HTTP/1.1 connection of its own)
+//     of 10 running actions whose logs (-follow-written, 64 lines) do not
+//     grow, opened 100 at a time and kept open once each has received the
+//     log written so far; peak resident set under 150 MiB, and CPU while
+//     they idle (over -follow-idle after -follow-settle, at the default
+//     poll interval, which backs off to 6 s) under 5% of one core. It
+//     also prints the goroutines, heap and stacks per follower (from
+//     buildlogd's pprof endpoint), and when a target is missed (or with
+//     -explain) the largest goroutine groups, and saves heap and CPU
+//     profiles.
 //
 // It prints the figures and exits 1 when a target is missed. Run it from the
 // repository root:
 //
-//	go run ./bench/memory [-size 256MiB] [-readers 48] [-hold 5s]
+//	go run ./bench/memory [-size 256MiB] [-readers 48] [-hold 5s] [-followers 1000] [-explain]
 package main
 
 import (
@@ -48,14 +59,23 @@ func main() {
 	size := flag.Int64("size", 256<<20, "size of the relayed log, in bytes")
 	readers := flag.Int("readers", 48, "slow readers at once")
 	hold := flag.Duration("hold", 5*time.Second, "how long the slow readers read")
+	var fo followOptions
+	flag.IntVar(&fo.followers, "followers", 1000, "idle followers, half gRPC, half REST; 0 skips the scenario")
+	flag.IntVar(&fo.actions, "follow-actions", 10, "running actions the idle followers follow")
+	flag.Int64Var(&fo.written, "follow-written", 64*80, "bytes of each running action's log written before it is followed (64 lines)")
+	flag.IntVar(&fo.conns, "follow-conns", 10, "gRPC connections the idle gRPC followers share")
+	flag.DurationVar(&fo.settle, "follow-settle", 15*time.Second, "pause after the last follower opened, for their polls to back off")
+	flag.DurationVar(&fo.idle, "follow-idle", 25*time.Second, "how long buildlogd's CPU is measured while the followers idle")
+	flag.DurationVar(&fo.poll, "follow-poll-interval", 0, "buildlogd's --follow-poll-interval for the idle followers; 0 for its default (2s)")
+	flag.BoolVar(&fo.explain, "explain", false, "print the idle followers' largest goroutine groups and save profiles even when the targets are met (always when one is missed)")
 	flag.Parse()
-	if err := run(*size, *readers, *hold); err != nil {
+	if err := run(*size, *readers, *hold, fo); err != nil {
 		fmt.Fprintln(os.Stderr, "memory:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size int64, readers int, hold time.Duration) error {
+func run(size int64, readers int, hold time.Duration, fo followOptions) error {
 	up, err := upstreamtest.Start("127.0.0.1:0")
 	if err != nil {
 		return err
@@ -81,23 +101,33 @@ func run(size int64, readers int, hold time.Duration) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("| scenario | buildlogd peak RSS | target | result |\n| --- | --- | --- | --- |\n")
+	var follow *followFigures
+	if fo.followers > 0 {
+		if follow, err = measureIdleFollowers(bin, up, fo); err != nil {
+			return fmt.Errorf("idle followers: %w", err)
+		}
+	}
+
+	fmt.Printf("| scenario | figure | buildlogd | target | result |\n| --- | --- | --- | --- | --- |\n")
 	failed := false
-	for _, r := range []struct {
-		name        string
-		rss, target int64
-	}{
-		{fmt.Sprintf("relay one %d MiB log (gRPC, then REST)", size>>20), relay, relayTarget},
-		{fmt.Sprintf("%d slow readers at once (half gRPC, half REST)", readers), slow, readerTarget},
-	} {
+	row := func(name, figure, got, target string, met bool) {
 		result := "met"
-		if r.rss >= r.target {
+		if !met {
 			result, failed = "MISSED", true
 		}
-		fmt.Printf("| %s | %.1f MiB | < %d MiB | %s |\n", r.name, float64(r.rss)/(1<<20), r.target>>20, result)
+		fmt.Printf("| %s | %s | %s | %s | %s |\n", name, figure, got, target, result)
+	}
+	mib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+	row(fmt.Sprintf("relay one %d MiB log (gRPC, then REST)", size>>20), "peak RSS", mib(relay), fmt.Sprintf("< %d MiB", relayTarget>>20), relay < relayTarget)
+	row(fmt.Sprintf("%d slow readers at once (half gRPC, half REST)", readers), "peak RSS", mib(slow), fmt.Sprintf("< %d MiB", readerTarget>>20), slow < readerTarget)
+	if follow != nil {
+		name := fmt.Sprintf("%d idle followers (%d gRPC, %d REST) of %d running actions", fo.followers, (fo.followers+1)/2, fo.followers/2, fo.actions)
+		row(name, "peak RSS", mib(follow.peakRSS), fmt.Sprintf("< %d MiB", followerRSSTarget>>20), follow.peakRSS < followerRSSTarget)
+		row(name, fmt.Sprintf("CPU while idle (%s)", fo.idle), fmt.Sprintf("%.2f%% of a core", follow.cpuPercent), fmt.Sprintf("< %.0f%%", followerCPUTarget), follow.cpuPercent < followerCPUTarget)
+		printFollowers(follow, fo)
 	}
 	if failed {
-		return errors.New("a memory target was missed")
+		return errors.New("a target was missed")
 	}
 	return nil
 }
