@@ -232,7 +232,10 @@ func (d *Download) endSegment() {
 		d.cancel = nil
 	}
 	if d.pump != nil {
+		// Stopped and dropped: the stop function holds the pump, and with
+		// it the ring, for as long as the download lives.
 		d.stopAbort()
+		d.stopAbort = nil
 		ring := d.ring
 		d.pump.stop(func() {
 			if ring != nil {

@@ -104,7 +104,8 @@ func readGoroutineGroups(addr string) ([]goroutineGroup, error) {
 	return groups[:min(len(groups), 8)], nil
 }
 
-// saveProfiles writes buildlogd's heap profile (after a GC) and 10 s of
+// saveProfiles writes buildlogd's heap profile (after two collections, as
+// in readStats, so that what sync.Pools hold is not counted) and 10 s of
 // its CPU profile into a new directory, and returns it.
 func saveProfiles(addr string) (string, error) {
 	dir, err := os.MkdirTemp("", "buildlog-followers-pprof")
@@ -115,11 +116,15 @@ func saveProfiles(addr string) (string, error) {
 		{"cpu.pprof", "/debug/pprof/profile?seconds=10"}, // first, while nothing else runs
 		{"goroutine.pprof", "/debug/pprof/goroutine"},
 		{"goroutines.txt", "/debug/pprof/goroutine?debug=1"},
+		{"", "/debug/pprof/heap?gc=1"},
 		{"heap.pprof", "/debug/pprof/heap?gc=1"},
 	} {
 		b, err := get(addr, p.path)
 		if err != nil {
 			return "", err
+		}
+		if p.name == "" {
+			continue
 		}
 		if err := os.WriteFile(filepath.Join(dir, p.name), []byte(b), 0o644); err != nil {
 			return "", err
