@@ -159,12 +159,16 @@ func (d *Download) poll() error {
 	f, s := d.follow, d.s
 	wait := f.wait
 	if rest := time.Until(f.until); rest < wait {
-		if !sleepCtx(d.followCtx, rest) {
+		if !sleepCtx(d.followCtx, rest, nil) {
 			return d.followErr()
 		}
 		return followEnded(f.byAge, s.follow.maxDuration, d.pos)
 	}
-	if !sleepCtx(d.followCtx, wait) {
+	var grew <-chan struct{}
+	if s.sharing != nil {
+		grew = s.sharing.changes(f.ureq) // another follower's poll found new bytes
+	}
+	if !sleepCtx(d.followCtx, wait, grew) {
 		return d.followErr()
 	}
 	ureq := f.ureq
@@ -266,9 +270,9 @@ func withResumeOffset(e *api.Error, pos int64) *api.Error {
 	return &out
 }
 
-// sleepCtx waits for d unless ctx ends first; it reports whether it
-// waited.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
+// sleepCtx waits for d, or until wake is closed, unless ctx ends first;
+// it reports whether it waited.
+func sleepCtx(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
@@ -277,6 +281,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
+	case <-wake:
+		return ctx.Err() == nil
 	case <-ctx.Done():
 		return false
 	}

@@ -293,9 +293,12 @@ func TestFollowStatusEndpointErrors(t *testing.T) {
 	if got := e.follow(t, ctx, req, time.Time{}, nil); got.err != nil || len(got.data) != 100 {
 		t.Errorf("after two busy answers: %d bytes, %v", len(got.data), got.err)
 	}
-	// The upstream's answers are the caller's.
+	// The upstream's answers are the caller's. (Another caller's, so that
+	// with shared reads on, the state just asked is not this one's answer.)
+	other := token + "-other"
+	e.up.AddToken(other)
 	e.up.Inject(upstreamtest.Fault{Route: upstreamtest.RouteFullStages, Status: 404, Body: `{"error_code":"CB.00060404","error_msg":"no such record"}`})
-	got := e.follow(t, ctx, req, time.Time{}, nil)
+	got := e.follow(t, withToken(context.Background(), other), req, time.Time{}, nil)
 	wantError(t, got.err, codes.NotFound, api.ReasonUpstreamNotFound)
 	got = e.follow(t, withToken(context.Background(), "not-a-token"), req, time.Time{}, nil)
 	wantError(t, got.err, codes.Unauthenticated, api.ReasonUpstreamUnauthenticated)

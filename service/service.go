@@ -61,6 +61,10 @@ type Service struct {
 	// ending is cancelled by EndFollows: followed downloads end at once.
 	ending    context.Context
 	endFollow context.CancelFunc
+	// sharing, when shared reads are on, is source's decorator that
+	// shares reads of one log between callers (shared.go).
+	sharing           *sharing
+	sharedReauthorize time.Duration
 }
 
 // Option configures a [Service].
@@ -112,6 +116,13 @@ func New(source LogSource, opts ...Option) (*Service, error) {
 	}
 	if s.callerIdle < 0 {
 		return nil, fmt.Errorf("caller-idle-timeout must not be negative, got %s", s.callerIdle)
+	}
+	if s.sharedReauthorize < 0 {
+		return nil, fmt.Errorf("shared-reauthorize must not be negative, got %s", s.sharedReauthorize)
+	}
+	if s.sharedReauthorize > 0 {
+		s.sharing = newSharing(s.source, s.chunkSize, s.follow.interval, s.sharedReauthorize)
+		s.source = s.sharing
 	}
 	s.rings.New = func() any {
 		// The pump's ring: room for the chunk being sent and the next.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -43,6 +44,11 @@ func newEnv(t *testing.T, opts ...service.Option) *env {
 	uc, err := upstream.New(up.URL)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if os.Getenv("BUILDLOG_TEST_SHARED") != "" {
+		// The whole suite again, every download through shared reads: a
+		// lone reader must see no difference.
+		opts = append([]service.Option{service.WithSharedReads(service.DefaultSharedReauthorize)}, opts...)
 	}
 	svc, err := service.New(uc, opts...)
 	if err != nil {

@@ -79,6 +79,10 @@ type Log struct {
 	encoded bool
 }
 
+// Version is the answer's ETag, or else its Last-Modified: what tells one
+// version of the log from another. Empty when the upstream sent neither.
+func (l *Log) Version() string { return l.version }
+
 // userAgent identifies buildlog in upstream requests.
 const userAgent = "buildlog"
 

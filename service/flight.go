@@ -1,0 +1,508 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/buildlog/buildlog/upstream"
+)
+
+// A flight is one upstream read of a log that many downloads ride: its
+// answer's bytes go into a window (a ring of a few chunks) that every
+// member reads from at its own pace. The reader never waits for the
+// slowest member: when the window is full and a member waits for bytes
+// past it, the members at its low end detach and go on with an upstream
+// request of their own from where they are.
+//
+// The window holds the log's bytes from max(start, head-window) to head.
+// A member pins the window from its position: the reader overwrites only
+// what every attached member has read.
+type flight struct {
+	sh      *sharing
+	key     logKey
+	req     upstream.Request // the request that made it (its caller's)
+	growing bool
+	start   int64
+	end     int64 // the log offset the read ends at: its range, or the log's size
+
+	// ready is closed once the upstream answered the request; err, log,
+	// unshared and cancel are set before.
+	ready    chan struct{}
+	err      error         // the request failed: members read on their own
+	log      *upstream.Log // the answer; its Body is the reader's
+	unshared bool          // the answer was too small to share
+	cancel   context.CancelFunc
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	ring    *[]byte // the window; nil until bytes come, and once released
+	head    int64   // the log offset of the next byte read
+	rerr    error   // how the read ended: io.EOF at its end
+	endedAt time.Time
+	members map[*member]struct{} // attached members
+	running bool                 // the reader goroutine runs
+	closed  bool                 // the read was stopped: no member was left
+	dropped bool                 // not the log's flight any more
+}
+
+// rangeEnd is where req's range ends: the log's end when it has no limit.
+func rangeEnd(req upstream.Request) int64 {
+	if req.Limit > 0 {
+		return req.Offset + req.Limit
+	}
+	return math.MaxInt64
+}
+
+func newFlight(sh *sharing, k logKey, req upstream.Request) *flight {
+	f := &flight{sh: sh, key: k, req: req, growing: req.Growing, start: req.Offset, end: rangeEnd(req),
+		head: req.Offset, ready: make(chan struct{}), members: make(map[*member]struct{})}
+	f.cond.L = &f.mu
+	return f
+}
+
+// open makes the flight's request, with its caller's credentials, and
+// returns that caller's log: a member like the others. An answer too
+// small to share is returned as it came, and the flight is dropped.
+func (f *flight) open(ctx context.Context, id tokenID) (*upstream.Log, error) {
+	sh := f.sh
+	// The read outlives its caller's request while others ride it: it
+	// ends when its last member leaves.
+	// Until the answer, the caller's leaving ends it: those who joined
+	// meanwhile read on their own.
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	early := context.AfterFunc(ctx, cancel)
+	log, err := sh.next.DownloadTaskLog(rctx, f.req)
+	if !early() && err == nil {
+		log.Body.Close()
+		log, err = nil, ctx.Err()
+	}
+	if err != nil {
+		cancel()
+		sh.forget(f.key, id)
+		f.settle(err, nil, false, nil)
+		sh.unregister(f.key, f)
+		return nil, err // the caller's own refusal
+	}
+	sh.prove(f.key, id)
+	if log.Size >= 0 && log.Size-f.start <= sh.minShared && !f.growing {
+		f.settle(nil, nil, true, nil)
+		sh.unregister(f.key, f)
+		stop := context.AfterFunc(ctx, cancel)
+		body := log.Body
+		log.Body = &ownBody{ReadCloser: body, close: func() { stop(); cancel() }}
+		return log, nil
+	}
+	m := &member{f: f, req: f.req, pos: f.start, owner: true}
+	f.mu.Lock()
+	if log.Size >= 0 {
+		f.end = min(f.end, log.Size)
+	}
+	f.members[m] = struct{}{}
+	f.running = true
+	f.mu.Unlock()
+	f.settle(nil, log, false, cancel)
+	go f.run(log.Body)
+	m.admitted(ctx)
+	out := *log
+	out.Body = m
+	return &out, nil
+}
+
+// settle records the upstream's answer and lets the members waiting for
+// it go on.
+func (f *flight) settle(err error, log *upstream.Log, unshared bool, cancel context.CancelFunc) {
+	f.err, f.log, f.unshared, f.cancel = err, log, unshared, cancel
+	close(f.ready)
+}
+
+// answered reports whether the upstream answered the flight's request.
+func (f *flight) answered() bool {
+	select {
+	case <-f.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// over reports whether the flight brings nothing more: its request
+// failed or was not shared, or its read ended. The caller holds f.mu.
+func (f *flight) over() bool {
+	return f.answered() && (f.err != nil || f.unshared || f.rerr != nil || f.closed)
+}
+
+// stale reports whether the flight should no longer be joined: it is
+// over, and for a growing log its end is older than fresh (until then it
+// says "nothing new" for others, and holds what it read).
+func (f *flight) stale(now time.Time, fresh time.Duration) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.over() {
+		return false
+	}
+	return !f.growing || f.rerr != io.EOF || now.Sub(f.endedAt) >= fresh
+}
+
+// join returns, for a download of req, a member of the flight, or for a
+// followed log that has nothing new since the flight's end, an answer
+// saying so; nil, nil when the download cannot ride the flight. proven
+// is whether the caller's access was proven within the interval: a
+// followed log is joined only then (a download of a finished one proves
+// it in admit). The caller holds sh.mu.
+func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstream.Log, *member) {
+	if req.Growing != f.growing || f.growing && !proven {
+		return nil, nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.answered() && (f.err != nil || f.unshared) || f.closed {
+		return nil, nil
+	}
+	if rangeEnd(req) > rangeEnd(f.req) {
+		return nil, nil // it asks for bytes the flight does not read
+	}
+	low := f.head
+	if f.ring != nil {
+		low = max(f.start, f.head-int64(len(*f.ring)))
+	}
+	if req.Offset < low || req.Offset > f.head {
+		return nil, nil
+	}
+	if f.rerr != nil {
+		// Over: only a followed log's clean end is still news.
+		if !f.growing || f.rerr != io.EOF || now.Sub(f.endedAt) >= f.sh.fresh {
+			return nil, nil
+		}
+		if req.Offset == f.head {
+			return &upstream.Log{Body: http.NoBody, ContentType: f.log.ContentType, FileName: f.log.FileName,
+				Size: f.head, RequestID: f.log.RequestID}, nil
+		}
+	}
+	m := &member{f: f, req: req, pos: req.Offset}
+	f.members[m] = struct{}{}
+	return nil, m
+}
+
+// run reads the answer into the window while its members make room.
+func (f *flight) run(body io.ReadCloser) {
+	defer body.Close()
+	// A read shorter than the window gets a window of its size: a
+	// followed log's new bytes are often a few lines.
+	w := int64(f.sh.windowSize)
+	if n := f.end - f.start; n < w {
+		w = max(n, 1)
+	}
+	f.mu.Lock()
+	for {
+		for !f.closed {
+			lo := f.low()
+			if f.head-lo < w {
+				break
+			}
+			if !f.starved() {
+				f.cond.Wait()
+				continue
+			}
+			// Full, and a member waits for what comes next: the members
+			// at the window's low end go on by themselves.
+			for m := range f.members {
+				if m.pos == lo {
+					f.detach(m)
+				}
+			}
+		}
+		if f.closed {
+			break
+		}
+		if f.head >= f.end {
+			f.rerr = io.EOF
+			break
+		}
+		if f.ring == nil {
+			f.ring = f.sh.window(w)
+		}
+		ring := *f.ring
+		at := (f.head - f.start) % w
+		n := min(w-at, f.low()+w-f.head, f.end-f.head)
+		buf := ring[at : at+n]
+		f.mu.Unlock()
+
+		got, err := body.Read(buf)
+
+		f.mu.Lock()
+		f.head += int64(got)
+		if err != nil {
+			f.rerr = err
+		}
+		f.cond.Broadcast()
+		if got > 0 && f.growing {
+			f.mu.Unlock()
+			f.sh.grew(f.key)
+			f.mu.Lock()
+		}
+		if err != nil {
+			break
+		}
+	}
+	if f.rerr == nil {
+		f.rerr = errAbandoned
+	}
+	f.endedAt = time.Now()
+	f.running = false
+	f.cond.Broadcast()
+	f.release()
+	f.mu.Unlock()
+}
+
+// errAbandoned ends a flight whose members all left.
+var errAbandoned = errors.New("the shared read was abandoned")
+
+// low is the lowest position of an attached member, head when none is
+// attached. The caller holds f.mu.
+func (f *flight) low() int64 {
+	lo := f.head
+	for m := range f.members {
+		lo = min(lo, m.pos)
+	}
+	return lo
+}
+
+// starved reports whether an attached member waits for bytes past head.
+// The caller holds f.mu.
+func (f *flight) starved() bool {
+	for m := range f.members {
+		if m.waiting && m.pos == f.head {
+			return true
+		}
+	}
+	return false
+}
+
+// detach makes m go on with a request of its own. The caller holds f.mu.
+func (f *flight) detach(m *member) {
+	delete(f.members, m)
+	m.detached = true
+	f.sh.stats.Detaches.Add(1)
+	f.cond.Broadcast()
+}
+
+// release gives the window back once nothing can read it any more. The
+// caller holds f.mu.
+func (f *flight) release() {
+	if f.ring == nil || f.running || len(f.members) > 0 || !f.dropped && f.growing {
+		return
+	}
+	if len(*f.ring) == f.sh.windowSize {
+		f.sh.windows.Put(f.ring)
+	}
+	f.ring = nil
+}
+
+// drop notes that the flight is no longer the log's: no one joins it any
+// more, and its window goes once its members are done.
+func (f *flight) drop() {
+	f.mu.Lock()
+	f.dropped = true
+	f.release()
+	f.mu.Unlock()
+}
+
+// leave removes m; when it was the last member of a read under way, the
+// read stops. The caller holds f.mu; stop reports whether to unregister.
+func (f *flight) leave(m *member) (stop bool) {
+	if _, ok := f.members[m]; ok {
+		delete(f.members, m)
+		f.cond.Broadcast()
+	}
+	if len(f.members) == 0 && f.running && !f.closed {
+		f.closed = true
+		f.cond.Broadcast()
+		stop = true
+	}
+	f.release()
+	return stop
+}
+
+// member is one download's view of a flight: the body of its log.
+type member struct {
+	f     *flight
+	req   upstream.Request // the download's own request
+	pos   int64            // the log offset of its next byte
+	owner bool             // its caller's request is the flight's
+
+	// Guarded by f.mu.
+	detached bool // it reads on its own (own) from pos
+	waiting  bool // a Read waits for the flight's next bytes
+	done     bool // its download's request ended (ctx)
+	closed   bool
+
+	ctx      context.Context
+	stopWake func() bool
+	own      io.ReadCloser // its own answer, once detached
+}
+
+// admitted lets m read: a Read waiting for bytes returns when the
+// download's request ends.
+func (m *member) admitted(ctx context.Context) {
+	m.ctx = ctx
+	f := m.f
+	m.stopWake = context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		m.done = true
+		f.cond.Broadcast()
+		stop := f.leave(m) // a caller that left costs the upstream nothing more
+		f.mu.Unlock()
+		if stop {
+			f.stop()
+		}
+	})
+}
+
+// stop ends the read of a flight whose members all left.
+func (f *flight) stop() {
+	f.cancel()
+	f.sh.unregister(f.key, f)
+}
+
+func (m *member) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	f := m.f
+	f.mu.Lock()
+	for {
+		switch {
+		case m.done:
+			f.mu.Unlock()
+			return 0, m.ctx.Err()
+		case m.detached:
+			f.mu.Unlock()
+			return m.readOwn(p)
+		case m.pos < f.head:
+			n := m.copy(p)
+			f.cond.Broadcast() // room for the reader
+			f.mu.Unlock()
+			if !m.owner {
+				f.sh.stats.BytesSaved.Add(int64(n))
+			}
+			return n, nil
+		case f.rerr == io.EOF:
+			f.mu.Unlock()
+			return 0, io.EOF
+		case f.rerr != nil && m.owner:
+			f.mu.Unlock()
+			return 0, f.rerr // its own request's end, as alone
+		case f.rerr != nil:
+			// Another caller's read broke: go on alone, with the
+			// resumption this download has of its own.
+			delete(f.members, m)
+			m.detached = true
+			continue
+		}
+		m.waiting = true
+		f.cond.Wait()
+		m.waiting = false
+	}
+}
+
+// copy copies what the window holds from m.pos. The caller holds f.mu.
+func (m *member) copy(p []byte) int {
+	f := m.f
+	ring := *f.ring
+	w := int64(len(ring))
+	n := 0
+	for n < len(p) && m.pos < f.head {
+		at := (m.pos - f.start) % w
+		k := copy(p[n:], ring[at:min(w, at+f.head-m.pos)])
+		n += k
+		m.pos += int64(k)
+	}
+	return n
+}
+
+// readOwn reads from m's own upstream request, made at the first call: it
+// must show the log the flight read.
+func (m *member) readOwn(p []byte) (int, error) {
+	if m.own == nil {
+		req := m.req
+		req.Offset = m.pos
+		if m.req.Limit > 0 {
+			req.Limit = m.req.Offset + m.req.Limit - m.pos
+			if req.Limit <= 0 {
+				return 0, io.EOF
+			}
+		}
+		if err := m.ctx.Err(); err != nil {
+			return 0, err
+		}
+		log, err := m.f.sh.next.DownloadTaskLog(m.ctx, req)
+		if err != nil {
+			return 0, err
+		}
+		if err := m.sameLog(log); err != nil {
+			log.Body.Close()
+			return 0, err
+		}
+		m.own = log.Body
+	}
+	return m.own.Read(p)
+}
+
+// sameLog checks that a detached member's own answer shows the log that
+// the flight read, as a resumption does.
+func (m *member) sameLog(log *upstream.Log) error {
+	f := m.f
+	was := f.log
+	switch {
+	case log.Size >= 0 && log.Size < m.pos:
+		return &upstream.ChangedError{Offset: m.pos, Problem: fmt.Sprintf("it is now %d bytes long", log.Size)}
+	case f.growing:
+		return nil
+	case was.Size >= 0 && log.Size >= 0 && was.Size != log.Size:
+		return &upstream.ChangedError{Offset: m.pos, Problem: fmt.Sprintf("its size was %d bytes and is now %d", was.Size, log.Size)}
+	case was.Version() != "" && log.Version() != "" && was.Version() != log.Version():
+		return &upstream.ChangedError{Offset: m.pos, Problem: "its ETag or Last-Modified changed"}
+	}
+	return nil
+}
+
+// Close ends m's ride; the last member of a read under way stops it.
+func (m *member) Close() error {
+	f := m.f
+	f.mu.Lock()
+	if m.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	stop := f.leave(m)
+	f.mu.Unlock()
+	if m.stopWake != nil {
+		m.stopWake()
+	}
+	if stop {
+		f.stop()
+	}
+	if m.own != nil {
+		return m.own.Close()
+	}
+	return nil
+}
+
+// ownBody is an answer returned as it came, whose request ends with it.
+type ownBody struct {
+	io.ReadCloser
+	close func()
+}
+
+func (b *ownBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.close()
+	return err
+}

@@ -1,0 +1,345 @@
+package service
+
+import (
+	"context"
+	"crypto/sha256"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/buildlog/buildlog/upstream"
+)
+
+// Shared reads: many callers of one log cost the upstream about one read,
+// and each still proves its own access.
+//
+// sharing sits between the downloads and the upstream as a [LogSource]. It
+// keeps, per log (record, task, level), the read in flight (a [flight]),
+// the action's state as last asked, and which callers' credentials the
+// upstream accepted for that log, and when.
+//
+// The rule that keeps every caller's access its own: a caller receives
+// nothing that another caller's request fetched (bytes, a "nothing new", an
+// action state) unless an upstream answer to a request of its own, with
+// its own credentials, for this log, succeeded within the re-authorization
+// interval; a caller whose proof is older asks the upstream itself, and a
+// refusal is its answer, exactly as without sharing. A download that joins
+// a read proves itself by a one-byte request of its own before its first
+// byte (whose answer must also show the same version of the log); a
+// follower by its own status call or poll. The proof is checked when the
+// caller joins, whatever the interleaving of the others: the shared read
+// only ever carries bytes to callers it admitted that way.
+type sharing struct {
+	next LogSource
+	// windowSize is the bytes one flight holds for its readers.
+	windowSize int
+	// minShared: a read of a finished log that announces no more bytes
+	// than this is not shared (a joiner's proof would cost as much).
+	minShared int64
+	// fresh is how long a followed log's last answer (its state, "nothing
+	// new", its newest bytes) stands for other callers: the poll interval.
+	fresh time.Duration
+	// reauthorize is how long a caller's proof of access to a log stands.
+	reauthorize time.Duration
+
+	windows sync.Pool // of *[]byte with len window
+
+	mu   sync.Mutex
+	logs map[logKey]*sharedLog
+
+	stats SharedStats
+}
+
+// SharedStats counts what shared reads did; read it with
+// [Service.SharedStats].
+type SharedStats struct {
+	// Joins counts downloads (and follower polls) served from a read that
+	// another caller's request made.
+	Joins atomic.Int64
+	// Detaches counts readers that fell behind a shared read's window and
+	// went on with a request of their own.
+	Detaches atomic.Int64
+	// RequestsSaved counts upstream requests not made: joins and answers
+	// (states, "nothing new") taken from another caller's, less the
+	// proofs they needed.
+	RequestsSaved atomic.Int64
+	// BytesSaved counts log bytes delivered from another caller's read.
+	BytesSaved atomic.Int64
+}
+
+// logKey names one log.
+type logKey struct{ record, task, level string }
+
+func keyOf(req upstream.Request) logKey {
+	return logKey{req.RecordID, req.TaskName, req.LogLevel}
+}
+
+// tokenID identifies a caller's credentials without keeping them: the
+// server's own credentials (no token) are one caller.
+type tokenID [sha256.Size]byte
+
+// sharedLog is what sharing knows of one log.
+type sharedLog struct {
+	flight   *flight               // the newest read; nil when none is held
+	proofs   map[tokenID]time.Time // when the upstream last accepted each caller for this log
+	action   *upstream.Action      // the action's state as last asked
+	actionAt time.Time
+	// changed is closed when a followed read brings new bytes: followers
+	// waiting for their next poll poll at once.
+	changed chan struct{}
+	sweep   *time.Timer
+}
+
+// WithSharedReads makes concurrent readers of one log share upstream
+// reads (see sharing): followers share polls and their answers, downloads
+// join a read in flight. Each caller's access is proven by an upstream
+// answer of its own at most reauthorize old. Off by default.
+func WithSharedReads(reauthorize time.Duration) Option {
+	return func(s *Service) { s.sharedReauthorize = reauthorize }
+}
+
+// DefaultSharedReauthorize is how long a caller's proof of access stands.
+const DefaultSharedReauthorize = 5 * time.Minute
+
+// sharedWindowChunks is the size of a shared read's window, in chunks.
+const sharedWindowChunks = 4
+
+func newSharing(next LogSource, chunkSize int, fresh, reauthorize time.Duration) *sharing {
+	sh := &sharing{
+		next:        next,
+		windowSize:  sharedWindowChunks * chunkSize,
+		minShared:   int64(chunkSize),
+		fresh:       fresh,
+		reauthorize: reauthorize,
+		logs:        make(map[logKey]*sharedLog),
+	}
+	sh.windows.New = func() any {
+		b := make([]byte, sh.windowSize)
+		return &b
+	}
+	return sh
+}
+
+// window returns a flight's window of n bytes: a pooled one of the full
+// size, or a smaller one of its own.
+func (sh *sharing) window(n int64) *[]byte {
+	if n >= int64(sh.windowSize) {
+		return sh.windows.Get().(*[]byte)
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// SharedStats returns the shared reads' counters; nil when shared reads
+// are off.
+func (s *Service) SharedStats() *SharedStats {
+	if s.sharing == nil {
+		return nil
+	}
+	return &s.sharing.stats
+}
+
+// entry returns the log's state, created if need be. The caller holds mu.
+func (sh *sharing) entry(k logKey) *sharedLog {
+	l := sh.logs[k]
+	if l == nil {
+		l = &sharedLog{proofs: make(map[tokenID]time.Time), changed: make(chan struct{})}
+		sh.logs[k] = l
+		l.sweep = time.AfterFunc(sh.fresh, func() { sh.sweepLog(k, l) })
+	}
+	return l
+}
+
+// sweepLog drops what of a log's state has gone stale, and the state once
+// nothing of it stands: every poll interval while it lives.
+func (sh *sharing) sweepLog(k logKey, l *sharedLog) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	now := time.Now()
+	for id, at := range l.proofs {
+		if now.Sub(at) >= sh.reauthorize {
+			delete(l.proofs, id)
+		}
+	}
+	if f := l.flight; f != nil && f.stale(now, sh.fresh) {
+		l.flight = nil
+		f.drop()
+	}
+	if l.flight == nil && len(l.proofs) == 0 && sh.logs[k] == l {
+		delete(sh.logs, k)
+		return
+	}
+	l.sweep.Reset(sh.fresh)
+}
+
+func idOf(token string) tokenID { return sha256.Sum256([]byte(token)) }
+
+// proven reports whether the caller's access to the log was proven
+// recently enough. The caller holds mu.
+func (sh *sharing) proven(l *sharedLog, id tokenID, now time.Time) bool {
+	at, ok := l.proofs[id]
+	return ok && now.Sub(at) < sh.reauthorize
+}
+
+// prove records that the upstream accepted the caller for the log.
+func (sh *sharing) prove(k logKey, id tokenID) {
+	sh.mu.Lock()
+	sh.entry(k).proofs[id] = time.Now()
+	sh.mu.Unlock()
+}
+
+// forget drops a caller's proof once the upstream refused it.
+func (sh *sharing) forget(k logKey, id tokenID) {
+	sh.mu.Lock()
+	if l := sh.logs[k]; l != nil {
+		delete(l.proofs, id)
+	}
+	sh.mu.Unlock()
+}
+
+// changes returns a channel closed when the log's followed read brings
+// new bytes.
+func (sh *sharing) changes(req upstream.Request) <-chan struct{} {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.entry(keyOf(req)).changed
+}
+
+// grew wakes the log's waiting followers.
+func (sh *sharing) grew(k logKey) {
+	sh.mu.Lock()
+	if l := sh.logs[k]; l != nil {
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+	sh.mu.Unlock()
+}
+
+// ActionStatus answers from the state another follower asked within the
+// poll interval, to a caller whose access is proven; otherwise it asks.
+func (sh *sharing) ActionStatus(ctx context.Context, req upstream.Request) (*upstream.Action, error) {
+	k, id, now := keyOf(req), idOf(req.Token), time.Now()
+	sh.mu.Lock()
+	l := sh.entry(k)
+	if l.action != nil && now.Sub(l.actionAt) < sh.fresh && sh.proven(l, id, now) {
+		a := *l.action
+		sh.mu.Unlock()
+		sh.stats.RequestsSaved.Add(1)
+		return &a, nil
+	}
+	sh.mu.Unlock()
+	a, err := sh.next.ActionStatus(ctx, req)
+	if err != nil {
+		sh.forget(k, id)
+		return nil, err
+	}
+	sh.mu.Lock()
+	l = sh.entry(k)
+	l.proofs[id] = time.Now()
+	c := *a
+	l.action, l.actionAt = &c, time.Now()
+	sh.mu.Unlock()
+	return a, nil
+}
+
+// DownloadTaskLog rides the log's read in flight when it can, and reads
+// on its own otherwise, its read becoming the one later callers ride.
+func (sh *sharing) DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error) {
+	if req.Limit > 0 && req.Limit <= sh.minShared {
+		return sh.own(ctx, req) // a probe (REST HEAD) or a small range: nothing to share
+	}
+	k, id, now := keyOf(req), idOf(req.Token), time.Now()
+	sh.mu.Lock()
+	l := sh.entry(k)
+	if f := l.flight; f != nil {
+		if f.stale(now, sh.fresh) {
+			l.flight = nil
+			f.drop()
+		} else if log, m := f.join(req, sh.proven(l, id, now), now); log != nil || m != nil {
+			sh.mu.Unlock()
+			if log != nil { // nothing new, from an answer of this interval
+				sh.stats.RequestsSaved.Add(1)
+				return log, nil
+			}
+			if log, err := sh.admit(ctx, k, id, m); log != nil || err != nil {
+				return log, err
+			}
+			return sh.own(ctx, req)
+		}
+	}
+	f := newFlight(sh, k, req)
+	if old := l.flight; old != nil {
+		old.drop() // it goes on for its members; newcomers ride the new one
+	}
+	l.flight = f
+	sh.mu.Unlock()
+	return f.open(ctx, id)
+}
+
+// own reads the log with the caller's own request, not shared.
+func (sh *sharing) own(ctx context.Context, req upstream.Request) (*upstream.Log, error) {
+	k, id := keyOf(req), idOf(req.Token)
+	log, err := sh.next.DownloadTaskLog(ctx, req)
+	if err != nil {
+		sh.forget(k, id)
+		return nil, err
+	}
+	sh.prove(k, id)
+	return log, nil
+}
+
+// admit lets a member that joined a flight read from it once the flight's
+// answer is in and, for a finished log, the caller's access is proven by a
+// one-byte request of its own whose answer shows the same log (a
+// follower's was proven within the interval, or it would not have
+// joined). It returns the caller's refusal as it would be alone, or nil,
+// nil when the caller must read on its own instead: the flight failed, or
+// the log the caller sees is another version.
+func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member) (*upstream.Log, error) {
+	f := m.f
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		m.Close()
+		return nil, ctx.Err()
+	}
+	if f.err != nil || f.unshared {
+		m.Close()
+		return nil, nil
+	}
+	log := *f.log
+	log.Skipped = 0
+	if !f.growing {
+		probe := m.req
+		probe.Offset, probe.Limit = 0, 1
+		own, err := sh.next.DownloadTaskLog(ctx, probe)
+		if err != nil {
+			m.Close()
+			sh.forget(k, id)
+			return nil, err // the caller's own refusal, as it would be alone
+		}
+		own.Body.Close()
+		sh.prove(k, id)
+		if own.Size != f.log.Size || own.Version() != f.log.Version() {
+			m.Close()
+			return nil, nil
+		}
+		log.ContentType, log.FileName, log.RequestID = own.ContentType, own.FileName, own.RequestID
+	} else {
+		sh.stats.RequestsSaved.Add(1)
+	}
+	log.Body = m
+	m.admitted(ctx)
+	sh.stats.Joins.Add(1)
+	return &log, nil
+}
+
+// unregister drops f as the log's flight, if it still is.
+func (sh *sharing) unregister(k logKey, f *flight) {
+	sh.mu.Lock()
+	if l := sh.logs[k]; l != nil && l.flight == f {
+		l.flight = nil
+	}
+	sh.mu.Unlock()
+	f.drop()
+}
