@@ -297,33 +297,34 @@ func (sh *sharing) own(ctx context.Context, req upstream.Request) (*upstream.Log
 // the log the caller sees is another version.
 func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member) (*upstream.Log, error) {
 	f := m.f
+	var own *upstream.Log
+	if !f.growing {
+		// While the flight's answer is awaited.
+		probe := m.req
+		probe.Offset, probe.Limit = 0, 1
+		log, err := sh.next.DownloadTaskLog(ctx, probe)
+		if err != nil {
+			m.Close()
+			sh.forget(k, id)
+			return nil, err // the caller's own refusal, as it would be alone
+		}
+		log.Body.Close()
+		sh.prove(k, id)
+		own = log
+	}
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
 		m.Close()
 		return nil, ctx.Err()
 	}
-	if f.err != nil || f.unshared {
+	if f.err != nil || f.unshared || own != nil && (own.Size != f.log.Size || own.Version() != f.log.Version()) {
 		m.Close()
 		return nil, nil
 	}
 	log := *f.log
 	log.Skipped = 0
-	if !f.growing {
-		probe := m.req
-		probe.Offset, probe.Limit = 0, 1
-		own, err := sh.next.DownloadTaskLog(ctx, probe)
-		if err != nil {
-			m.Close()
-			sh.forget(k, id)
-			return nil, err // the caller's own refusal, as it would be alone
-		}
-		own.Body.Close()
-		sh.prove(k, id)
-		if own.Size != f.log.Size || own.Version() != f.log.Version() {
-			m.Close()
-			return nil, nil
-		}
+	if own != nil {
 		log.ContentType, log.FileName, log.RequestID = own.ContentType, own.FileName, own.RequestID
 	} else {
 		sh.stats.RequestsSaved.Add(1)

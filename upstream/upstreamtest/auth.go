@@ -125,6 +125,19 @@ func (s *Server) IAMRequestCount() int {
 	return s.auth.iamCount
 }
 
+// access returns 0 when r's credentials may read recordID, else the
+// status refusing them: 401 for unknown ones, 403 for a token restricted
+// to other records. The caller holds s.mu.
+func (s *Server) access(r *http.Request, recordID string) int {
+	if !s.authorized(r) {
+		return http.StatusUnauthorized
+	}
+	if allowed, ok := s.restricted[r.Header.Get("X-Auth-Token")]; ok && !allowed[recordID] {
+		return http.StatusForbidden
+	}
+	return 0
+}
+
 // authorized reports whether r carries a known or unexpired IAM token, or a
 // valid signature. The caller holds s.mu.
 func (s *Server) authorized(r *http.Request) bool {

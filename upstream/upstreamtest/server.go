@@ -36,6 +36,9 @@ const (
 	APINotFoundCode      = "APIGW.0101"
 	ThrottledCode        = "APIGW.0308"
 	NotFoundCode         = "CB.00060404"
+	// ForbiddenCode is the simulator's own too: the answer to a valid
+	// token without access to the record (see Restrict).
+	ForbiddenCode = "CB.00060403"
 )
 
 // Log describes one action log the server holds.
@@ -69,12 +72,18 @@ type Fault struct {
 	// Route limits the fault to one route, [RouteTaskLog] or
 	// [RouteFullStages]; empty matches every request.
 	Route string
+	// Token limits the fault to requests carrying this X-Auth-Token;
+	// empty matches every request.
+	Token string
 	// Times is how many requests the fault applies to: 0 means once,
 	// negative means every request from now on.
 	Times int
 	// Delay waits this long before answering (the wait ends early when the
 	// client goes away).
 	Delay time.Duration
+	// Hold, when not nil, makes the answer wait until it is closed (or the
+	// client goes away): a test releases it once the others are in place.
+	Hold <-chan struct{}
 	// Hangup closes the connection without any answer.
 	Hangup bool
 	// Status, when not zero, answers with this status, Header and Body
@@ -140,14 +149,16 @@ type Server struct {
 	http     *http.Server
 	served   chan struct{}
 
-	mu       sync.Mutex
-	tokens   map[string]bool
-	auth     authState // AK/SK keys and the fake IAM: auth.go
-	logs     map[logKey]Log
-	running  runningState // actions of AddAction: running.go
-	faults   []*Fault
-	requests []Request
-	count    int
+	mu     sync.Mutex
+	tokens map[string]bool
+	// restricted maps a token of Restrict to the records it may read.
+	restricted map[string]map[string]bool
+	auth       authState // AK/SK keys and the fake IAM: auth.go
+	logs       map[logKey]Log
+	running    runningState // actions of AddAction: running.go
+	faults     []*Fault
+	requests   []Request
+	count      int
 
 	sent atomic.Int64 // body bytes written, all requests
 }
@@ -197,6 +208,29 @@ func (s *Server) AddToken(token string) {
 	s.tokens[token] = true
 }
 
+// Restrict makes token (added with AddToken) valid for recordIDs only:
+// for any other record the server answers 403 [ForbiddenCode], as to a
+// user without permission on the project.
+func (s *Server) Restrict(token string, recordIDs ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.restricted == nil {
+		s.restricted = map[string]map[string]bool{}
+	}
+	allowed := map[string]bool{}
+	for _, id := range recordIDs {
+		allowed[id] = true
+	}
+	s.restricted[token] = allowed
+}
+
+// RevokeToken makes token, added with AddToken, invalid from now on.
+func (s *Server) RevokeToken(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tokens, token)
+}
+
 // AddLog makes the server serve log for (recordID, taskName), at both log
 // levels; generated text differs between levels.
 func (s *Server) AddLog(recordID, taskName string, log Log) {
@@ -244,7 +278,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	route, recordID, ok := parsePath(r.URL.Path)
 	done := make(chan struct{})
 	defer close(done)
-	fault, tokenOK, log, found := s.record(r, route, recordID, done)
+	fault, access, log, found := s.record(r, route, recordID, done)
 	if fault != nil && fault.After != nil {
 		defer fault.After()
 	}
@@ -259,8 +293,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
 		w.Header().Set("Allow", "GET, HEAD")
 		writeError(w, http.StatusMethodNotAllowed, APINotFoundCode, "method not allowed", requestID)
-	case !tokenOK:
+	case access == http.StatusUnauthorized:
 		writeError(w, http.StatusUnauthorized, AuthFailedCode, "Incorrect IAM authentication information: verify aksk signature fail or token is missing or invalid", requestID)
+	case access == http.StatusForbidden:
+		writeError(w, http.StatusForbidden, ForbiddenCode, "You do not have permission to view this build record", requestID)
 	case route == RouteFullStages:
 		s.serveStages(w, r, recordID, fault)
 	default:
@@ -277,8 +313,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // record notes the request and returns what answering it needs: the fault
-// to apply, whether the token is valid and the log asked for, as it is now.
-func (s *Server) record(r *http.Request, route, recordID string, done <-chan struct{}) (*Fault, bool, Log, bool) {
+// to apply, whether the credentials may read the record (0, or the status
+// refusing them) and the log asked for, as it is now.
+func (s *Server) record(r *http.Request, route, recordID string, done <-chan struct{}) (*Fault, int, Log, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count++
@@ -293,7 +330,7 @@ func (s *Server) record(r *http.Request, route, recordID string, done <-chan str
 	})
 	var fault *Fault
 	for i, f := range s.faults {
-		if (f.RecordID != "" && f.RecordID != recordID) || (f.Route != "" && f.Route != route) {
+		if (f.RecordID != "" && f.RecordID != recordID) || (f.Route != "" && f.Route != route) || (f.Token != "" && f.Token != r.Header.Get("X-Auth-Token")) {
 			continue
 		}
 		fault = f
@@ -307,13 +344,20 @@ func (s *Server) record(r *http.Request, route, recordID string, done <-chan str
 		break
 	}
 	log, found := s.lookupLog(recordID, r.URL.Query().Get("task_name"))
-	return fault, s.authorized(r), log, found
+	return fault, s.access(r, recordID), log, found
 }
 
 // applyFault applies the parts of f that act before the answer, and answers
 // itself when f replaces the answer. It reports whether the normal answer
 // should follow.
 func applyFault(w http.ResponseWriter, r *http.Request, f *Fault) bool {
+	if f.Hold != nil {
+		select {
+		case <-f.Hold:
+		case <-r.Context().Done():
+			return false
+		}
+	}
 	if f.Delay > 0 {
 		t := time.NewTimer(f.Delay)
 		defer t.Stop()

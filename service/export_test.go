@@ -1,0 +1,18 @@
+package service
+
+// SharedWaiting counts the downloads that joined a shared read whose
+// upstream answer is not in yet.
+func SharedWaiting(s *Service) int {
+	sh := s.sharing
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	n := 0
+	for _, l := range sh.logs {
+		if f := l.flight; f != nil && !f.answered() {
+			f.mu.Lock()
+			n += len(f.members)
+			f.mu.Unlock()
+		}
+	}
+	return n
+}
