@@ -8,6 +8,12 @@
 // importing it pulls in nothing of the server.
 package api
 
+import (
+	"net/url"
+
+	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
+)
+
 // Request metadata.
 const (
 	// TokenMetadataKey is the request metadata key that carries the
@@ -17,7 +23,26 @@ const (
 	// MaxTokenLength is the longest token accepted, in bytes, as the
 	// upstream's OpenAPI definition allows.
 	MaxTokenLength = 100_000
+	// LogKeyMetadataKey is the request metadata key (REST: the
+	// Buildlog-Log-Key header) naming the log a call reads, for a proxy
+	// or mesh to route on with consistent hashing: calls for one log then
+	// reach one replica, where they share upstream reads. Its value is
+	// [LogKey]'s. buildlogd itself ignores it: a missing or wrong key
+	// costs sharing, never correctness.
+	LogKeyMetadataKey = "buildlog-log-key"
 )
+
+// LogKey is the routing key of a log: its record id, task name and log
+// level (INFO unless DEBUG), query-escaped and joined by "/", such as
+// "0a1b…/stage1/INFO". The REST mirror's proxies derive the same key from
+// the path and query (deploy/nginx).
+func LogKey(recordID, taskName string, level buildlogv1.LogLevel) string {
+	lvl := "INFO"
+	if level == buildlogv1.LogLevel_LOG_LEVEL_DEBUG {
+		lvl = "DEBUG"
+	}
+	return url.QueryEscape(recordID) + "/" + url.QueryEscape(taskName) + "/" + lvl
+}
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of every error buildlog
 // returns.

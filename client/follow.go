@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -246,7 +247,9 @@ func (d *download) call(ctx context.Context, from int64) (progress bool, err err
 		req.Limit = d.end - from
 	}
 	// A call abandoned for a protocol error is cancelled, not left open.
-	ctx, cancel := context.WithCancel(ctx)
+	// The log's key lets a proxy route every call for it to one replica.
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx,
+		api.LogKeyMetadataKey, api.LogKey(req.GetRecordId(), req.GetTaskName(), req.GetLogLevel())))
 	defer cancel()
 	d.res.Calls++
 	stream, err := d.c.DownloadTaskLog(ctx, req, d.o.callOpts...)

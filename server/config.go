@@ -45,6 +45,12 @@ type Config struct {
 	// FollowMaxDuration how long one may follow before it ends, its caller
 	// to follow on with a new call.
 	FollowPollInterval, FollowMaxDuration time.Duration
+	// SharedReads makes concurrent readers of one log share upstream
+	// reads: followers share polls, downloads ride a read in flight. Each
+	// caller's access is still proven by an upstream answer to a request
+	// of its own, at most SharedReauthorize old.
+	SharedReads       bool
+	SharedReauthorize time.Duration
 	// ShutdownTimeout is how long in-flight downloads may run on after
 	// shutdown begins before they are cancelled.
 	ShutdownTimeout time.Duration
@@ -107,6 +113,8 @@ func DefaultConfig() Config {
 		CallerIdleTimeout:       5 * time.Minute,
 		FollowPollInterval:      service.DefaultFollowPollInterval,
 		FollowMaxDuration:       service.DefaultFollowMaxDuration,
+		SharedReads:             true,
+		SharedReauthorize:       service.DefaultSharedReauthorize,
 		ShutdownTimeout:         30 * time.Second,
 		UpstreamConnectTimeout:  upstream.DefaultConnectTimeout,
 		UpstreamHeaderTimeout:   upstream.DefaultHeaderTimeout,
@@ -139,6 +147,7 @@ func (c *Config) check() error {
 		zero  bool // 0 is allowed (never)
 	}{
 		{"shutdown-timeout", c.ShutdownTimeout, false},
+		{"shared-reauthorize", c.SharedReauthorize, !c.SharedReads},
 		{"keepalive-time", c.Keepalive.Time, false}, {"keepalive-timeout", c.Keepalive.Timeout, false},
 		{"keepalive-min-time", c.KeepalivePolicy.MinTime, false},
 		{"max-connection-age", c.Keepalive.MaxConnectionAge, true}, {"max-connection-age-grace", c.Keepalive.MaxConnectionAgeGrace, true},

@@ -91,6 +91,26 @@ func newMetrics() *metrics {
 	return m
 }
 
+// sharedReads exports the shared reads' counters; st is nil when they
+// are off, and the series then stay absent.
+func (m *metrics) sharedReads(st *service.SharedStats) {
+	if st == nil {
+		return
+	}
+	for _, c := range []struct {
+		name, help string
+		v          interface{ Load() int64 }
+	}{
+		{"buildlog_shared_joins_total", "Downloads and follower polls served from an upstream read that another caller's request made (each caller's access proven by its own request).", &st.Joins},
+		{"buildlog_shared_detaches_total", "Readers that fell behind a shared read's window and went on with an upstream request of their own.", &st.Detaches},
+		{"buildlog_shared_upstream_requests_saved_total", "Upstream requests not made thanks to shared reads (log reads, polls and action states taken from another caller's, less the proofs they needed).", &st.RequestsSaved},
+		{"buildlog_shared_bytes_saved_total", "Log bytes delivered from another caller's upstream read: bytes the upstream did not send again.", &st.BytesSaved},
+	} {
+		m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
+			func() float64 { return float64(c.v.Load()) }))
+	}
+}
+
 // metrics implements upstream.Observer.
 
 // Exchange counts one upstream request.

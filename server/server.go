@@ -85,16 +85,21 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	opts := sec.svcOpts
+	if cfg.SharedReads {
+		opts = append(opts, service.WithSharedReads(cfg.SharedReauthorize))
+	}
 	svc, err := service.New(up, append([]service.Option{
 		service.WithChunkSize(cfg.ChunkSize),
 		service.WithMaxDownloads(cfg.MaxDownloads),
 		service.WithCallerIdleTimeout(cfg.CallerIdleTimeout),
 		service.WithFollow(cfg.FollowPollInterval, cfg.FollowMaxDuration),
 		service.WithObserver(observer{logger: cfg.Logger, metrics: m}),
-	}, sec.svcOpts...)...)
+	}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
+	m.sharedReads(svc.SharedStats())
 	mirror, err := gateway.New(svc)
 	if err != nil {
 		return nil, fmt.Errorf("build the REST mirror: %w", err)

@@ -106,6 +106,8 @@ func registerFlags(fs *flag.FlagSet, cfg *config, upstreamURL, region *string) {
 	fs.DurationVar(&c.CallerIdleTimeout, "caller-idle-timeout", c.CallerIdleTimeout, "end a download whose caller has accepted no bytes this long, freeing its slot (retryable, with resumeOffset); 0 for never")
 	fs.DurationVar(&c.FollowPollInterval, "follow-poll-interval", c.FollowPollInterval, "how often a followed download (follow=true) polls the upstream while its log grows; up to 3 times less often while it does not")
 	fs.DurationVar(&c.FollowMaxDuration, "follow-max-duration", c.FollowMaxDuration, "end a followed download after this long (DEADLINE_EXCEEDED/FOLLOW_TIME_LIMIT with resumeOffset: the caller follows on with a new call)")
+	fs.BoolVar(&c.SharedReads, "shared-reads", c.SharedReads, "let concurrent readers of one log share upstream reads (followers share polls, downloads ride a read in flight); each caller's access is still proven by a request of its own")
+	fs.DurationVar(&c.SharedReauthorize, "shared-reauthorize", c.SharedReauthorize, "how long an upstream answer to a caller's own request proves its access to a log for shared reads; a follower is proven again after it, so a revoked token stops receiving")
 	fs.Func("cors-allowed-origins", "comma-separated `origins` (or *) whose browser pages may call the REST mirror; none by default", func(v string) error {
 		c.CORSAllowedOrigins = nil
 		for o := range strings.SplitSeq(v, ",") {
