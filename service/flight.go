@@ -106,10 +106,14 @@ func (f *flight) open(ctx context.Context, id tokenID) (*upstream.Log, error) {
 	f.members[m] = struct{}{}
 	f.running = true
 	f.mu.Unlock()
-	f.settle(nil, log, false, cancel)
+	// What the answer said, copied before the reader starts: a
+	// resumption updates its RequestID as it reads.
+	said := *log
+	said.Body = nil
+	f.settle(nil, &said, false, cancel)
 	go f.run(log.Body)
 	m.admitted(ctx)
-	out := *log
+	out := said
 	out.Body = m
 	return &out, nil
 }
