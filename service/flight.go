@@ -39,16 +39,18 @@ type flight struct {
 	unshared bool          // the answer was too small to share
 	cancel   context.CancelFunc
 
-	mu      sync.Mutex
-	cond    sync.Cond
-	ring    *[]byte // the window; nil until bytes come, and once released
-	head    int64   // the log offset of the next byte read
-	rerr    error   // how the read ended: io.EOF at its end
-	endedAt time.Time
-	members map[*member]struct{} // attached members
-	running bool                 // the reader goroutine runs
-	closed  bool                 // the read was stopped: no member was left
-	dropped bool                 // not the log's flight any more
+	mu sync.Mutex
+	// data wakes members waiting for bytes; room wakes the reader
+	// waiting for members to make room.
+	data, room sync.Cond
+	ring       *[]byte // the window; nil until bytes come, and once released
+	head       int64   // the log offset of the next byte read
+	rerr       error   // how the read ended: io.EOF at its end
+	endedAt    time.Time
+	members    map[*member]struct{} // attached members
+	running    bool                 // the reader goroutine runs
+	closed     bool                 // the read was stopped: no member was left
+	dropped    bool                 // not the log's flight any more
 }
 
 // rangeEnd is where req's range ends: the log's end when it has no limit.
@@ -62,7 +64,7 @@ func rangeEnd(req upstream.Request) int64 {
 func newFlight(sh *sharing, k logKey, req upstream.Request) *flight {
 	f := &flight{sh: sh, key: k, req: req, growing: req.Growing, start: req.Offset, end: rangeEnd(req),
 		head: req.Offset, ready: make(chan struct{}), members: make(map[*member]struct{})}
-	f.cond.L = &f.mu
+	f.data.L, f.room.L = &f.mu, &f.mu
 	return f
 }
 
@@ -210,11 +212,17 @@ func (f *flight) run(body io.ReadCloser) {
 				break
 			}
 			if !f.starved() {
-				f.cond.Wait()
+				f.room.Wait()
 				continue
 			}
-			// Full, and a member waits for what comes next: the members
-			// at the window's low end go on by themselves.
+			// Full, and a member waits for what comes next. Readers of
+			// one pace drift apart by a few chunks: the window grows to
+			// hold them, up to a bound. A reader beyond it is slower:
+			// the members at the window's low end go on by themselves.
+			if f.widen() {
+				w = int64(len(*f.ring))
+				continue
+			}
 			for m := range f.members {
 				if m.pos == lo {
 					f.detach(m)
@@ -244,7 +252,7 @@ func (f *flight) run(body io.ReadCloser) {
 		if err != nil {
 			f.rerr = err
 		}
-		f.cond.Broadcast()
+		f.data.Broadcast()
 		if got > 0 && f.growing {
 			f.mu.Unlock()
 			f.sh.grew(f.key)
@@ -259,7 +267,7 @@ func (f *flight) run(body io.ReadCloser) {
 	}
 	f.endedAt = time.Now()
 	f.running = false
-	f.cond.Broadcast()
+	f.data.Broadcast()
 	f.release()
 	f.mu.Unlock()
 }
@@ -275,6 +283,32 @@ func (f *flight) low() int64 {
 		lo = min(lo, m.pos)
 	}
 	return lo
+}
+
+// widen doubles the window, keeping what it holds, unless it is at its
+// bound: the windows of a few members each (sharedWindowChunks chunks a
+// member), at most maxWindow. The caller holds f.mu.
+func (f *flight) widen() bool {
+	cur := int64(len(*f.ring))
+	limit := min(int64(f.sh.maxWindow), int64(len(f.members))*int64(f.sh.windowSize))
+	if f.end != math.MaxInt64 {
+		limit = min(limit, f.end-f.start)
+	}
+	if cur >= limit {
+		return false
+	}
+	n := min(2*cur, limit)
+	wider := make([]byte, n)
+	for o := max(f.start, f.head-cur); o < f.head; {
+		from, to := (o-f.start)%cur, (o-f.start)%n
+		k := copy(wider[to:], (*f.ring)[from:min(cur, from+f.head-o)])
+		o += int64(k)
+	}
+	if len(*f.ring) == f.sh.windowSize {
+		f.sh.windows.Put(f.ring)
+	}
+	f.ring = &wider
+	return true
 }
 
 // starved reports whether an attached member waits for bytes past head.
@@ -293,7 +327,7 @@ func (f *flight) detach(m *member) {
 	delete(f.members, m)
 	m.detached = true
 	f.sh.stats.Detaches.Add(1)
-	f.cond.Broadcast()
+	f.data.Broadcast()
 }
 
 // release gives the window back once nothing can read it any more. The
@@ -322,11 +356,11 @@ func (f *flight) drop() {
 func (f *flight) leave(m *member) (stop bool) {
 	if _, ok := f.members[m]; ok {
 		delete(f.members, m)
-		f.cond.Broadcast()
+		f.room.Signal()
 	}
 	if len(f.members) == 0 && f.running && !f.closed {
 		f.closed = true
-		f.cond.Broadcast()
+		f.room.Signal()
 		stop = true
 	}
 	f.release()
@@ -359,7 +393,7 @@ func (m *member) admitted(ctx context.Context) {
 	m.stopWake = context.AfterFunc(ctx, func() {
 		f.mu.Lock()
 		m.done = true
-		f.cond.Broadcast()
+		f.data.Broadcast()
 		stop := f.leave(m) // a caller that left costs the upstream nothing more
 		f.mu.Unlock()
 		if stop {
@@ -390,7 +424,7 @@ func (m *member) Read(p []byte) (int, error) {
 			return m.readOwn(p)
 		case m.pos < f.head:
 			n := m.copy(p)
-			f.cond.Broadcast() // room for the reader
+			f.room.Signal()
 			f.mu.Unlock()
 			if !m.owner {
 				f.sh.stats.BytesSaved.Add(int64(n))
@@ -410,7 +444,8 @@ func (m *member) Read(p []byte) (int, error) {
 			continue
 		}
 		m.waiting = true
-		f.cond.Wait()
+		f.room.Signal() // a full window's reader may let others go now
+		f.data.Wait()
 		m.waiting = false
 	}
 }

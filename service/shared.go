@@ -31,8 +31,10 @@ import (
 // only ever carries bytes to callers it admitted that way.
 type sharing struct {
 	next LogSource
-	// windowSize is the bytes one flight holds for its readers.
-	windowSize int
+	// windowSize is the bytes one flight holds for its readers at first;
+	// its window widens to hold readers that drift apart, up to
+	// windowSize a member and maxWindow in all.
+	windowSize, maxWindow int
 	// minShared: a read of a finished log that announces no more bytes
 	// than this is not shared (a joiner's proof would cost as much).
 	minShared int64
@@ -101,13 +103,17 @@ func WithSharedReads(reauthorize time.Duration) Option {
 // DefaultSharedReauthorize is how long a caller's proof of access stands.
 const DefaultSharedReauthorize = 5 * time.Minute
 
-// sharedWindowChunks is the size of a shared read's window, in chunks.
-const sharedWindowChunks = 4
+// A shared read's window, in chunks: at first, and at most.
+const (
+	sharedWindowChunks    = 4
+	sharedMaxWindowChunks = 64
+)
 
 func newSharing(next LogSource, chunkSize int, fresh, reauthorize time.Duration) *sharing {
 	sh := &sharing{
 		next:        next,
 		windowSize:  sharedWindowChunks * chunkSize,
+		maxWindow:   sharedMaxWindowChunks * chunkSize,
 		minShared:   int64(chunkSize),
 		fresh:       fresh,
 		reauthorize: reauthorize,

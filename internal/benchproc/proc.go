@@ -38,8 +38,9 @@ func Build(dir string, tags ...string) (string, error) {
 // Process is a running relay.
 type Process struct {
 	Cmd *exec.Cmd
-	// GRPCAddr and HTTPAddr are where it listens, as it logged them.
-	GRPCAddr, HTTPAddr string
+	// GRPCAddr, HTTPAddr and AdminAddr are where it listens, as it logged
+	// them (AdminAddr is empty without an admin listener).
+	GRPCAddr, HTTPAddr, AdminAddr string
 }
 
 // StartBuildlogd runs the buildlogd binary bin on loopback ports, without
@@ -67,9 +68,12 @@ func Start(cmd *exec.Cmd) (*Process, error) {
 	p := &Process{Cmd: cmd}
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {
-		var line struct{ Msg, GRPC, HTTP string }
+		var line struct{ Msg, GRPC, HTTP, Admin string }
 		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
 			p.GRPCAddr, p.HTTPAddr = line.GRPC, line.HTTP
+			if line.Admin != "off" { // server.AdminOff
+				p.AdminAddr = line.Admin
+			}
 			break
 		}
 		fmt.Fprintln(os.Stderr, sc.Text())
