@@ -465,8 +465,9 @@ func (m *member) copy(p []byte) int {
 	return n
 }
 
-// readOwn reads from m's own upstream request, made at the first call: it
-// must show the log the flight read.
+// readOwn reads from m's own read, made at the first call: an upstream
+// request of its own or another flight, which must show the log that this
+// flight read.
 func (m *member) readOwn(p []byte) (int, error) {
 	if m.own == nil {
 		req := m.req
@@ -480,7 +481,9 @@ func (m *member) readOwn(p []byte) (int, error) {
 		if err := m.ctx.Err(); err != nil {
 			return 0, err
 		}
-		log, err := m.f.sh.next.DownloadTaskLog(m.ctx, req)
+		// Through the sharing again: the readers that fell behind
+		// together ride one read, the first one's, each proven anew.
+		log, err := m.f.sh.DownloadTaskLog(m.ctx, req)
 		if err != nil {
 			return 0, err
 		}

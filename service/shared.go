@@ -86,6 +86,7 @@ type sharedLog struct {
 	proofs   map[tokenID]time.Time // when the upstream last accepted each caller for this log
 	action   *upstream.Action      // the action's state as last asked
 	actionAt time.Time
+	asking   *asking // the state call in flight, if any
 	// changed is closed when a followed read brings new bytes: followers
 	// waiting for their next poll poll at once.
 	changed chan struct{}
@@ -221,31 +222,68 @@ func (sh *sharing) grew(k logKey) {
 	sh.mu.Unlock()
 }
 
-// ActionStatus answers from the state another follower asked within the
-// poll interval, to a caller whose access is proven; otherwise it asks.
+// ActionStatus answers a caller whose access is proven from the state
+// another follower asked within the poll interval, or waits for the one
+// being asked; otherwise it asks itself.
 func (sh *sharing) ActionStatus(ctx context.Context, req upstream.Request) (*upstream.Action, error) {
 	k, id, now := keyOf(req), idOf(req.Token), time.Now()
 	sh.mu.Lock()
 	l := sh.entry(k)
-	if l.action != nil && now.Sub(l.actionAt) < sh.fresh && sh.proven(l, id, now) {
+	proven := sh.proven(l, id, now)
+	if proven && l.action != nil && now.Sub(l.actionAt) < sh.fresh {
 		a := *l.action
 		sh.mu.Unlock()
 		sh.stats.RequestsSaved.Add(1)
 		return &a, nil
 	}
+	if ask := l.asking; proven && ask != nil {
+		sh.mu.Unlock()
+		select {
+		case <-ask.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if ask.err == nil {
+			a := ask.action
+			sh.stats.RequestsSaved.Add(1)
+			return &a, nil
+		}
+		// Another caller's failure is not this one's answer: ask.
+	} else {
+		sh.mu.Unlock()
+	}
+	ask := &asking{done: make(chan struct{})}
+	sh.mu.Lock()
+	if l.asking == nil {
+		l.asking = ask
+	}
 	sh.mu.Unlock()
 	a, err := sh.next.ActionStatus(ctx, req)
+	sh.mu.Lock()
+	if err == nil {
+		l.proofs[id] = time.Now()
+		c := *a
+		l.action, l.actionAt = &c, time.Now()
+		ask.action = c
+	}
+	ask.err = err
+	if l.asking == ask {
+		l.asking = nil
+	}
+	sh.mu.Unlock()
+	close(ask.done)
 	if err != nil {
 		sh.forget(k, id)
 		return nil, err
 	}
-	sh.mu.Lock()
-	l = sh.entry(k)
-	l.proofs[id] = time.Now()
-	c := *a
-	l.action, l.actionAt = &c, time.Now()
-	sh.mu.Unlock()
 	return a, nil
+}
+
+// asking is a state call in flight, which proven callers wait for.
+type asking struct {
+	done   chan struct{}
+	action upstream.Action
+	err    error
 }
 
 // DownloadTaskLog rides the log's read in flight when it can, and reads
