@@ -286,11 +286,11 @@ func (f *flight) low() int64 {
 }
 
 // widen doubles the window, keeping what it holds, unless it is at its
-// bound: the windows of a few members each (sharedWindowChunks chunks a
-// member), at most maxWindow. The caller holds f.mu.
+// bound: memberWindow a member (or the first window), at most maxWindow.
+// The caller holds f.mu.
 func (f *flight) widen() bool {
 	cur := int64(len(*f.ring))
-	limit := min(int64(f.sh.maxWindow), int64(len(f.members))*int64(f.sh.windowSize))
+	limit := min(int64(f.sh.maxWindow), max(int64(len(f.members))*int64(f.sh.memberWindow), int64(f.sh.windowSize)))
 	if f.end != math.MaxInt64 {
 		limit = min(limit, f.end-f.start)
 	}

@@ -33,8 +33,8 @@ type sharing struct {
 	next LogSource
 	// windowSize is the bytes one flight holds for its readers at first;
 	// its window widens to hold readers that drift apart, up to
-	// windowSize a member and maxWindow in all.
-	windowSize, maxWindow int
+	// memberWindow a member and maxWindow in all.
+	windowSize, memberWindow, maxWindow int
 	// minShared: a read of a finished log that announces no more bytes
 	// than this is not shared (a joiner's proof would cost as much).
 	minShared int64
@@ -104,21 +104,24 @@ func WithSharedReads(reauthorize time.Duration) Option {
 // DefaultSharedReauthorize is how long a caller's proof of access stands.
 const DefaultSharedReauthorize = 5 * time.Minute
 
-// A shared read's window, in chunks: at first, and at most.
+// A shared read's window, in chunks: at first, for each reader riding
+// it, and at most.
 const (
-	sharedWindowChunks    = 4
-	sharedMaxWindowChunks = 64
+	sharedWindowChunks       = 4
+	sharedMemberWindowChunks = 4
+	sharedMaxWindowChunks    = 256
 )
 
 func newSharing(next LogSource, chunkSize int, fresh, reauthorize time.Duration) *sharing {
 	sh := &sharing{
-		next:        next,
-		windowSize:  sharedWindowChunks * chunkSize,
-		maxWindow:   sharedMaxWindowChunks * chunkSize,
-		minShared:   int64(chunkSize),
-		fresh:       fresh,
-		reauthorize: reauthorize,
-		logs:        make(map[logKey]*sharedLog),
+		next:         next,
+		windowSize:   sharedWindowChunks * chunkSize,
+		memberWindow: sharedMemberWindowChunks * chunkSize,
+		maxWindow:    sharedMaxWindowChunks * chunkSize,
+		minShared:    int64(chunkSize),
+		fresh:        fresh,
+		reauthorize:  reauthorize,
+		logs:         make(map[logKey]*sharedLog),
 	}
 	sh.windows.New = func() any {
 		b := make([]byte, sh.windowSize)

@@ -67,6 +67,7 @@ type options struct {
 	followDuration  time.Duration
 	step            int64
 	every, interval time.Duration
+	scenarios       string
 }
 
 func main() {
@@ -80,6 +81,7 @@ func main() {
 	flag.DurationVar(&o.followDuration, "follow-duration", 30*time.Second, "how long the actions run while followed")
 	flag.Int64Var(&o.step, "step", 2000, "bytes each action's log grows by every -every")
 	flag.DurationVar(&o.every, "every", 250*time.Millisecond, "how often each action's log grows")
+	flag.StringVar(&o.scenarios, "scenarios", "readers,slow,followers", "which scenarios to run, comma-separated")
 	flag.Parse()
 	o.interval = service.DefaultFollowPollInterval
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -102,6 +104,24 @@ func run(ctx context.Context, o options) error {
 	}
 	fmt.Printf("%d CPUs (runtime.NumCPU), %s\n\n", runtime.NumCPU(), runtime.Version())
 
+	want := func(name string) bool { return slices.Contains(strings.Split(o.scenarios, ","), name) }
+	if want("readers") {
+		if err := runReaders(ctx, bin, o); err != nil {
+			return err
+		}
+	}
+	if want("slow") {
+		if err := runSlow(ctx, bin, o); err != nil {
+			return err
+		}
+	}
+	if want("followers") {
+		return runFollowers(ctx, bin, o)
+	}
+	return nil
+}
+
+func runReaders(ctx context.Context, bin string, o options) error {
 	fmt.Fprintf(os.Stderr, "shared: %d readers of a %s log…\n", o.readers, mib(o.size))
 	fmt.Printf("%d concurrent readers (%d gRPC, %d REST) of one %s log\n\n", o.readers, o.readers-o.readers/2, o.readers/2, mib(o.size))
 	fmt.Println("| shared reads | upstream body bytes | × log | upstream requests | wall | buildlogd CPU/GiB | peak RSS | joins | detaches |")
@@ -115,6 +135,10 @@ func run(ctx context.Context, o options) error {
 			r.upRequests, r.wall.Round(time.Millisecond), r.cpu.Seconds()/(float64(r.delivered)/(1<<30)), mib(r.peakRSS), r.joins, r.detaches)
 	}
 
+	return nil
+}
+
+func runSlow(ctx context.Context, bin string, o options) error {
 	fmt.Fprintf(os.Stderr, "shared: a slow reader among %d fast ones…\n", o.fast)
 	alone, err := readers(ctx, bin, o, true, o.fast, 0)
 	if err != nil {
@@ -131,6 +155,10 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("| with the slow one | %s | %.2f | %s | %s | %d |\n", mixed.fastMedian.Round(time.Millisecond),
 		float64(mixed.fastMedian)/float64(alone.fastMedian), mixed.slowWall.Round(time.Millisecond), mib(mixed.upBytes), mixed.detaches)
 
+	return nil
+}
+
+func runFollowers(ctx context.Context, bin string, o options) error {
 	fmt.Fprintf(os.Stderr, "shared: %d followers of %d actions, %s each way…\n", o.followers, o.actions, o.followDuration)
 	fmt.Printf("\n%d followers (%d gRPC, %d REST) of %d running actions, %s, each log growing %d bytes every %s; poll interval %s\n\n",
 		o.followers, o.followers-o.followers/2, o.followers/2, o.actions, o.followDuration, o.step, o.every, o.interval)
