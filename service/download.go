@@ -208,6 +208,11 @@ func (d *Download) startSegment(log *upstream.Log) {
 		return
 	case log.Size >= 0 && n < smallRange:
 		d.pump = readInline(log.Body, make([]byte, n))
+	case isShared(log.Body):
+		// The shared read's window reads ahead for it: a ring of one
+		// chunk, read on the relay's goroutine, is enough.
+		d.ring = s.chunkRings.Get().(*[]byte)
+		d.pump = readInline(log.Body, *d.ring)
 	case log.Size >= 0 && n <= int64(s.chunkSize):
 		// The range fits in one chunk: reading ahead of it gains nothing.
 		// (What has arrived is still handed out as it arrives.)
@@ -239,7 +244,7 @@ func (d *Download) endSegment() {
 		ring := d.ring
 		d.pump.stop(func() {
 			if ring != nil {
-				d.s.rings.Put(ring)
+				d.s.putRing(ring)
 			}
 		})
 		d.pump, d.ring = nil, nil
@@ -477,4 +482,19 @@ func fileName(name, fallback string) string {
 		}
 	}
 	return b.String()
+}
+
+// isShared reports whether body rides a shared read (shared.go).
+func isShared(body io.Reader) bool {
+	_, ok := body.(*member)
+	return ok
+}
+
+// putRing gives a ring back to its pool.
+func (s *Service) putRing(ring *[]byte) {
+	if len(*ring) == s.chunkSize {
+		s.chunkRings.Put(ring)
+		return
+	}
+	s.rings.Put(ring)
 }

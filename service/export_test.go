@@ -8,10 +8,12 @@ func SharedWaiting(s *Service) int {
 	defer sh.mu.Unlock()
 	n := 0
 	for _, l := range sh.logs {
-		if f := l.flight; f != nil && !f.answered() {
-			f.mu.Lock()
-			n += len(f.members)
-			f.mu.Unlock()
+		for _, f := range l.flights {
+			if !f.answered() {
+				f.mu.Lock()
+				n += len(f.members)
+				f.mu.Unlock()
+			}
 		}
 	}
 	return n

@@ -27,6 +27,7 @@ type flight struct {
 	sh      *sharing
 	key     logKey
 	req     upstream.Request // the request that made it (its caller's)
+	owner   tokenID          // its caller
 	growing bool
 	start   int64
 	end     int64 // the log offset the read ends at: its range, or the log's size
@@ -45,6 +46,7 @@ type flight struct {
 	data, room sync.Cond
 	ring       *[]byte // the window; nil until bytes come, and once released
 	head       int64   // the log offset of the next byte read
+	held       int64   // the window holds the bytes from max(held, head-len(ring))
 	rerr       error   // how the read ended: io.EOF at its end
 	endedAt    time.Time
 	members    map[*member]struct{} // attached members
@@ -62,8 +64,8 @@ func rangeEnd(req upstream.Request) int64 {
 }
 
 func newFlight(sh *sharing, k logKey, req upstream.Request) *flight {
-	f := &flight{sh: sh, key: k, req: req, growing: req.Growing, start: req.Offset, end: rangeEnd(req),
-		head: req.Offset, ready: make(chan struct{}), members: make(map[*member]struct{})}
+	f := &flight{sh: sh, key: k, req: req, owner: idOf(req.Token), growing: req.Growing, start: req.Offset, end: rangeEnd(req),
+		head: req.Offset, held: req.Offset, ready: make(chan struct{}), members: make(map[*member]struct{})}
 	f.data.L, f.room.L = &f.mu, &f.mu
 	return f
 }
@@ -162,7 +164,7 @@ func (f *flight) stale(now time.Time, fresh time.Duration) bool {
 // followed log is joined only then (a download of a finished one proves
 // it in admit). The caller holds sh.mu.
 func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstream.Log, *member) {
-	if req.Growing != f.growing || f.growing && !proven {
+	if req.Growing != f.growing {
 		return nil, nil
 	}
 	f.mu.Lock()
@@ -175,9 +177,15 @@ func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstre
 	}
 	low := f.head
 	if f.ring != nil {
-		low = max(f.start, f.head-int64(len(*f.ring)))
+		low = max(f.held, f.head-int64(len(*f.ring)))
 	}
-	if req.Offset < low || req.Offset > f.head {
+	// A download may also join a little ahead of the read, and wait for
+	// it there: readers that fell behind together ride one read.
+	high := f.head
+	if !f.growing && f.rerr == nil {
+		high += int64(f.sh.windowSize)
+	}
+	if req.Offset < low || req.Offset > high {
 		return nil, nil
 	}
 	if f.rerr != nil {
@@ -185,9 +193,13 @@ func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstre
 		if !f.growing || f.rerr != io.EOF || now.Sub(f.endedAt) >= f.sh.fresh {
 			return nil, nil
 		}
-		if req.Offset == f.head {
+		if req.Offset == f.head && proven {
+			size := f.log.Size
+			if size < 0 {
+				size = f.head
+			}
 			return &upstream.Log{Body: http.NoBody, ContentType: f.log.ContentType, FileName: f.log.FileName,
-				Size: f.head, RequestID: f.log.RequestID}, nil
+				Size: size, RequestID: f.log.RequestID}, nil
 		}
 	}
 	m := &member{f: f, req: req, pos: req.Offset}
@@ -198,15 +210,14 @@ func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstre
 // run reads the answer into the window while its members make room.
 func (f *flight) run(body io.ReadCloser) {
 	defer body.Close()
-	// A read shorter than the window gets a window of its size: a
-	// followed log's new bytes are often a few lines.
-	w := int64(f.sh.windowSize)
-	if n := f.end - f.start; n < w {
-		w = max(n, 1)
-	}
+	defer f.cancel() // its request is over
 	f.mu.Lock()
+	// A chunk a member at first (a lone reader's costs it one chunk),
+	// up to the first window; a read shorter than that, its length: a
+	// followed log's new bytes are often a few lines.
+	w := min(int64(f.sh.windowSize), int64(max(len(f.members), 1))*int64(f.sh.chunk), max(f.end-f.start, 1))
 	for {
-		for !f.closed {
+		for !f.closed && f.head < f.end {
 			lo := f.low()
 			if f.head-lo < w {
 				break
@@ -215,19 +226,10 @@ func (f *flight) run(body io.ReadCloser) {
 				f.room.Wait()
 				continue
 			}
-			// Full, and a member waits for what comes next. Readers of
-			// one pace drift apart by a few chunks: the window grows to
-			// hold them, up to a bound. A reader beyond it is slower:
-			// the members at the window's low end go on by themselves.
-			if f.widen() {
-				w = int64(len(*f.ring))
-				continue
-			}
-			for m := range f.members {
-				if m.pos == lo {
-					f.detach(m)
-				}
-			}
+			// Full, and a member waits for what comes next: the window
+			// widens, or the members far behind go on by themselves.
+			f.lagging(lo)
+			w = int64(len(*f.ring))
 		}
 		if f.closed {
 			break
@@ -243,6 +245,9 @@ func (f *flight) run(body io.ReadCloser) {
 		at := (f.head - f.start) % w
 		n := min(w-at, f.low()+w-f.head, f.end-f.head)
 		buf := ring[at : at+n]
+		// The bytes the read overwrites are no longer held: nobody joins
+		// at them from now on.
+		f.held = max(f.held, f.head+n-w)
 		f.mu.Unlock()
 
 		got, err := body.Read(buf)
@@ -251,11 +256,15 @@ func (f *flight) run(body io.ReadCloser) {
 		f.head += int64(got)
 		if err != nil {
 			f.rerr = err
+			if refused(err) {
+				f.sh.forget(f.key, f.owner) // a resumption was refused its credentials
+			}
 		}
 		f.data.Broadcast()
 		if got > 0 && f.growing {
+			head := f.head
 			f.mu.Unlock()
-			f.sh.grew(f.key)
+			f.sh.grew(f.key, head)
 			f.mu.Lock()
 		}
 		if err != nil {
@@ -285,6 +294,42 @@ func (f *flight) low() int64 {
 	return lo
 }
 
+// detachGrace is how long a member may stay in the lower half of a full
+// window that another member waits past before it detaches, while the
+// window can still widen: readers of one pace drift back and forth (a
+// descheduled goroutine, a busy connection) and stay; a slower reader
+// goes on by itself before the window grows large for it.
+const detachGrace = 200 * time.Millisecond
+
+// lagging handles a full window that a member waits past: the members in
+// its lower half that stayed there for detachGrace detach, or else the
+// window widens, or else, at its widest, they all detach at once. The
+// caller holds f.mu.
+func (f *flight) lagging(lo int64) {
+	now, w := time.Now(), int64(len(*f.ring))
+	behind := func(m *member) bool { return m.pos < f.head-w/2 }
+	detached := false
+	for m := range f.members {
+		switch {
+		case !behind(m):
+			m.lagSince = time.Time{}
+		case m.lagSince.IsZero():
+			m.lagSince = now
+		case now.Sub(m.lagSince) >= detachGrace:
+			f.detach(m)
+			detached = true
+		}
+	}
+	if detached || f.widen() {
+		return
+	}
+	for m := range f.members {
+		if behind(m) || m.pos == lo {
+			f.detach(m)
+		}
+	}
+}
+
 // widen doubles the window, keeping what it holds, unless it is at its
 // bound: memberWindow a member (or the first window), at most maxWindow.
 // The caller holds f.mu.
@@ -298,16 +343,16 @@ func (f *flight) widen() bool {
 		return false
 	}
 	n := min(2*cur, limit)
-	wider := make([]byte, n)
+	wp := f.sh.window(n)
+	wider := *wp
 	for o := max(f.start, f.head-cur); o < f.head; {
 		from, to := (o-f.start)%cur, (o-f.start)%n
 		k := copy(wider[to:], (*f.ring)[from:min(cur, from+f.head-o)])
 		o += int64(k)
 	}
-	if len(*f.ring) == f.sh.windowSize {
-		f.sh.windows.Put(f.ring)
-	}
-	f.ring = &wider
+	f.sh.putWindow(f.ring)
+	f.ring = wp
+	f.held = max(f.held, f.head-cur) // the rest of the wider window holds nothing yet
 	return true
 }
 
@@ -336,9 +381,7 @@ func (f *flight) release() {
 	if f.ring == nil || f.running || len(f.members) > 0 || !f.dropped && f.growing {
 		return
 	}
-	if len(*f.ring) == f.sh.windowSize {
-		f.sh.windows.Put(f.ring)
-	}
+	f.sh.putWindow(f.ring)
 	f.ring = nil
 }
 
@@ -377,6 +420,9 @@ type member struct {
 	// Guarded by f.mu.
 	detached bool // it reads on its own (own) from pos
 	waiting  bool // a Read waits for the flight's next bytes
+	// lagSince is when it was first found in the lower half of a full
+	// window that another member waits past; zero when it is not there.
+	lagSince time.Time
 	done     bool // its download's request ended (ctx)
 	closed   bool
 
@@ -424,6 +470,9 @@ func (m *member) Read(p []byte) (int, error) {
 			return m.readOwn(p)
 		case m.pos < f.head:
 			n := m.copy(p)
+			if m.pos >= f.head-int64(len(*f.ring))/2 {
+				m.lagSince = time.Time{} // it caught up
+			}
 			f.room.Signal()
 			f.mu.Unlock()
 			if !m.owner {
@@ -493,7 +542,11 @@ func (m *member) readOwn(p []byte) (int, error) {
 		}
 		m.own = log.Body
 	}
-	return m.own.Read(p)
+	n, err := m.own.Read(p)
+	if refused(err) {
+		m.f.sh.forget(m.f.key, idOf(m.req.Token))
+	}
+	return n, err
 }
 
 // sameLog checks that a detached member's own answer shows the log that

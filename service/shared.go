@@ -3,6 +3,9 @@ package service
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
+	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +38,7 @@ type sharing struct {
 	// its window widens to hold readers that drift apart, up to
 	// memberWindow a member and maxWindow in all.
 	windowSize, memberWindow, maxWindow int
+	chunk                               int
 	// minShared: a read of a finished log that announces no more bytes
 	// than this is not shared (a joiner's proof would cost as much).
 	minShared int64
@@ -44,7 +48,7 @@ type sharing struct {
 	// reauthorize is how long a caller's proof of access to a log stands.
 	reauthorize time.Duration
 
-	windows sync.Pool // of *[]byte with len window
+	windows sync.Map // window size → *sync.Pool of *[]byte: windows of whole chunks
 
 	mu   sync.Mutex
 	logs map[logKey]*sharedLog
@@ -82,7 +86,7 @@ type tokenID [sha256.Size]byte
 
 // sharedLog is what sharing knows of one log.
 type sharedLog struct {
-	flight   *flight               // the newest read; nil when none is held
+	flights  []*flight             // the reads others may join, newest first
 	proofs   map[tokenID]time.Time // when the upstream last accepted each caller for this log
 	action   *upstream.Action      // the action's state as last asked
 	actionAt time.Time
@@ -90,6 +94,7 @@ type sharedLog struct {
 	// changed is closed when a followed read brings new bytes: followers
 	// waiting for their next poll poll at once.
 	changed chan struct{}
+	known   int64 // the furthest offset a followed read reached
 	sweep   *time.Timer
 }
 
@@ -108,7 +113,7 @@ const DefaultSharedReauthorize = 5 * time.Minute
 // it, and at most.
 const (
 	sharedWindowChunks       = 4
-	sharedMemberWindowChunks = 4
+	sharedMemberWindowChunks = 8
 	sharedMaxWindowChunks    = 256
 )
 
@@ -117,27 +122,35 @@ func newSharing(next LogSource, chunkSize int, fresh, reauthorize time.Duration)
 		next:         next,
 		windowSize:   sharedWindowChunks * chunkSize,
 		memberWindow: sharedMemberWindowChunks * chunkSize,
+		chunk:        chunkSize,
 		maxWindow:    sharedMaxWindowChunks * chunkSize,
 		minShared:    int64(chunkSize),
 		fresh:        fresh,
 		reauthorize:  reauthorize,
 		logs:         make(map[logKey]*sharedLog),
 	}
-	sh.windows.New = func() any {
-		b := make([]byte, sh.windowSize)
-		return &b
-	}
 	return sh
 }
 
-// window returns a flight's window of n bytes: a pooled one of the full
-// size, or a smaller one of its own.
+// window returns a flight's window of n bytes: a pooled one when it is
+// whole chunks (as widened windows are), else one of its own.
 func (sh *sharing) window(n int64) *[]byte {
-	if n >= int64(sh.windowSize) {
-		return sh.windows.Get().(*[]byte)
+	if n%int64(sh.chunk) != 0 {
+		b := make([]byte, n)
+		return &b
 	}
-	b := make([]byte, n)
-	return &b
+	p, _ := sh.windows.LoadOrStore(n, &sync.Pool{New: func() any {
+		b := make([]byte, n)
+		return &b
+	}})
+	return p.(*sync.Pool).Get().(*[]byte)
+}
+
+// putWindow gives a window back to its pool.
+func (sh *sharing) putWindow(b *[]byte) {
+	if p, ok := sh.windows.Load(int64(len(*b))); ok {
+		p.(*sync.Pool).Put(b)
+	}
 }
 
 // SharedStats returns the shared reads' counters; nil when shared reads
@@ -171,11 +184,8 @@ func (sh *sharing) sweepLog(k logKey, l *sharedLog) {
 			delete(l.proofs, id)
 		}
 	}
-	if f := l.flight; f != nil && f.stale(now, sh.fresh) {
-		l.flight = nil
-		f.drop()
-	}
-	if l.flight == nil && len(l.proofs) == 0 && sh.logs[k] == l {
+	l.prune(now, sh.fresh)
+	if len(l.flights) == 0 && len(l.proofs) == 0 && sh.logs[k] == l {
 		delete(sh.logs, k)
 		return
 	}
@@ -215,10 +225,12 @@ func (sh *sharing) changes(req upstream.Request) <-chan struct{} {
 	return sh.entry(keyOf(req)).changed
 }
 
-// grew wakes the log's waiting followers.
-func (sh *sharing) grew(k logKey) {
+// grew wakes the log's waiting followers when a followed read brought
+// bytes past any read before (head is where it is now).
+func (sh *sharing) grew(k logKey, head int64) {
 	sh.mu.Lock()
-	if l := sh.logs[k]; l != nil {
+	if l := sh.logs[k]; l != nil && head > l.known {
+		l.known = head
 		close(l.changed)
 		l.changed = make(chan struct{})
 	}
@@ -264,7 +276,8 @@ func (sh *sharing) ActionStatus(ctx context.Context, req upstream.Request) (*ups
 	a, err := sh.next.ActionStatus(ctx, req)
 	sh.mu.Lock()
 	if err == nil {
-		l.proofs[id] = time.Now()
+		// Not a proof of access to the log: full-stages names no task
+		// nor level, and its permission may not be the log's.
 		c := *a
 		l.action, l.actionAt = &c, time.Now()
 		ask.action = c
@@ -298,27 +311,30 @@ func (sh *sharing) DownloadTaskLog(ctx context.Context, req upstream.Request) (*
 	k, id, now := keyOf(req), idOf(req.Token), time.Now()
 	sh.mu.Lock()
 	l := sh.entry(k)
-	if f := l.flight; f != nil {
-		if f.stale(now, sh.fresh) {
-			l.flight = nil
-			f.drop()
-		} else if log, m := f.join(req, sh.proven(l, id, now), now); log != nil || m != nil {
-			sh.mu.Unlock()
-			if log != nil { // nothing new, from an answer of this interval
-				sh.stats.RequestsSaved.Add(1)
-				return log, nil
-			}
-			if log, err := sh.admit(ctx, k, id, m); log != nil || err != nil {
-				return log, err
-			}
-			return sh.own(ctx, req)
+	proven := sh.proven(l, id, now)
+	l.prune(now, sh.fresh)
+	for _, f := range l.flights {
+		log, m := f.join(req, proven, now)
+		if log == nil && m == nil {
+			continue
 		}
+		sh.mu.Unlock()
+		if log != nil { // nothing new, from an answer of this interval
+			sh.stats.RequestsSaved.Add(1)
+			return log, nil
+		}
+		if log, err := sh.admit(ctx, k, id, m, proven); log != nil || err != nil {
+			return log, err
+		}
+		return sh.own(ctx, req)
 	}
 	f := newFlight(sh, k, req)
-	if old := l.flight; old != nil {
-		old.drop() // it goes on for its members; newcomers ride the new one
+	l.flights = append([]*flight{f}, l.flights...)
+	if len(l.flights) > maxFlights {
+		// The oldest goes on for its members; newcomers ride the others.
+		l.flights[maxFlights].drop()
+		l.flights = l.flights[:maxFlights]
 	}
-	l.flight = f
 	sh.mu.Unlock()
 	return f.open(ctx, id)
 }
@@ -332,7 +348,30 @@ func (sh *sharing) own(ctx context.Context, req upstream.Request) (*upstream.Log
 		return nil, err
 	}
 	sh.prove(k, id)
+	log.Body = &watchedBody{ReadCloser: log.Body, refused: func() { sh.forget(k, id) }}
 	return log, nil
+}
+
+// watchedBody forgets its caller's proof when a read of it ends with the
+// upstream's refusal (a resumption refused its credentials).
+type watchedBody struct {
+	io.ReadCloser
+	refused func()
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if refused(err) {
+		b.refused()
+	}
+	return n, err
+}
+
+// refused reports whether err is an answer of the upstream refusing a
+// request (rather than a break): its caller's proof no longer stands.
+func refused(err error) bool {
+	var e *upstream.Error
+	return errors.As(err, &e)
 }
 
 // admit lets a member that joined a flight read from it once the flight's
@@ -342,10 +381,10 @@ func (sh *sharing) own(ctx context.Context, req upstream.Request) (*upstream.Log
 // joined). It returns the caller's refusal as it would be alone, or nil,
 // nil when the caller must read on its own instead: the flight failed, or
 // the log the caller sees is another version.
-func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member) (*upstream.Log, error) {
+func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member, proven bool) (*upstream.Log, error) {
 	f := m.f
 	var own *upstream.Log
-	if !f.growing {
+	if !f.growing || !proven {
 		// While the flight's answer is awaited.
 		probe := m.req
 		probe.Offset, probe.Limit = 0, 1
@@ -365,7 +404,7 @@ func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member) (
 		m.Close()
 		return nil, ctx.Err()
 	}
-	if f.err != nil || f.unshared || own != nil && (own.Size != f.log.Size || own.Version() != f.log.Version()) {
+	if f.err != nil || f.unshared || own != nil && !f.growing && (own.Size != f.log.Size || own.Version() != f.log.Version()) {
 		m.Close()
 		return nil, nil
 	}
@@ -382,12 +421,28 @@ func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member) (
 	return &log, nil
 }
 
-// unregister drops f as the log's flight, if it still is.
+// unregister drops f from the log's reads, if it is one.
 func (sh *sharing) unregister(k logKey, f *flight) {
 	sh.mu.Lock()
-	if l := sh.logs[k]; l != nil && l.flight == f {
-		l.flight = nil
+	if l := sh.logs[k]; l != nil {
+		l.flights = slices.DeleteFunc(l.flights, func(g *flight) bool { return g == f })
 	}
 	sh.mu.Unlock()
 	f.drop()
+}
+
+// maxFlights bounds the reads of one log that others may join: readers
+// at a few places in the log (those that fell behind together, a caller
+// resuming) each find theirs.
+const maxFlights = 8
+
+// prune drops the reads no longer to be joined. The caller holds sh.mu.
+func (l *sharedLog) prune(now time.Time, fresh time.Duration) {
+	l.flights = slices.DeleteFunc(l.flights, func(f *flight) bool {
+		if f.stale(now, fresh) {
+			f.drop()
+			return true
+		}
+		return false
+	})
 }

@@ -112,8 +112,9 @@ func TestSharedReadCostsTheUpstreamOneRead(t *testing.T) {
 		}
 	}
 	st := e.svc.SharedStats()
-	if st.Joins.Load() != readers-1 {
-		t.Errorf("%d joins, want %d", st.Joins.Load(), readers-1)
+	// (A reader that fell behind and rejoined counts again.)
+	if st.Joins.Load() < readers-1 {
+		t.Errorf("%d joins, want at least %d", st.Joins.Load(), readers-1)
 	}
 	// Readers that fell behind read on their own; the rest cost nothing.
 	if sent, most := e.up.BytesSent(), int64(size)*(1+st.Detaches.Load())+readers; sent > most {
