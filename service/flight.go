@@ -532,7 +532,7 @@ func (m *member) readOwn(p []byte) (int, error) {
 		}
 		// Through the sharing again: the readers that fell behind
 		// together ride one read, the first one's, each proven anew.
-		log, err := m.f.sh.DownloadTaskLog(m.ctx, req)
+		log, err := m.f.sh.download(m.ctx, req, m.f.log)
 		if err != nil {
 			return 0, err
 		}

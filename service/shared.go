@@ -305,6 +305,13 @@ type asking struct {
 // DownloadTaskLog rides the log's read in flight when it can, and reads
 // on its own otherwise, its read becoming the one later callers ride.
 func (sh *sharing) DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error) {
+	return sh.download(ctx, req, nil)
+}
+
+// download is DownloadTaskLog for a caller that may already know the log
+// (known: an answer it was admitted to): proven, it then joins a read of
+// the same log without a probe of its own.
+func (sh *sharing) download(ctx context.Context, req upstream.Request, known *upstream.Log) (*upstream.Log, error) {
 	if req.Limit > 0 && req.Limit <= sh.minShared {
 		return sh.own(ctx, req) // a probe (REST HEAD) or a small range: nothing to share
 	}
@@ -323,7 +330,7 @@ func (sh *sharing) DownloadTaskLog(ctx context.Context, req upstream.Request) (*
 			sh.stats.RequestsSaved.Add(1)
 			return log, nil
 		}
-		if log, err := sh.admit(ctx, k, id, m, proven); log != nil || err != nil {
+		if log, err := sh.admit(ctx, k, id, m, proven, known); log != nil || err != nil {
 			return log, err
 		}
 		return sh.own(ctx, req)
@@ -375,16 +382,17 @@ func refused(err error) bool {
 }
 
 // admit lets a member that joined a flight read from it once the flight's
-// answer is in and, for a finished log, the caller's access is proven by a
-// one-byte request of its own whose answer shows the same log (a
-// follower's was proven within the interval, or it would not have
-// joined). It returns the caller's refusal as it would be alone, or nil,
-// nil when the caller must read on its own instead: the flight failed, or
-// the log the caller sees is another version.
-func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member, proven bool) (*upstream.Log, error) {
+// answer is in and the caller's access is proven: by a one-byte request of
+// its own, unless it was proven within the interval and follows, or rides
+// on after falling behind another read of the same log (known). The log
+// its own answer showed must be the flight's. It returns the caller's
+// refusal as it would be alone, or nil, nil when the caller must read on
+// its own instead: the flight failed, or the log is another version.
+func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member, proven bool, known *upstream.Log) (*upstream.Log, error) {
 	f := m.f
 	var own *upstream.Log
-	if !f.growing || !proven {
+	ref := known // what the caller's own answer said of the log
+	if !proven || !f.growing && known == nil {
 		// While the flight's answer is awaited.
 		probe := m.req
 		probe.Offset, probe.Limit = 0, 1
@@ -396,7 +404,7 @@ func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member, p
 		}
 		log.Body.Close()
 		sh.prove(k, id)
-		own = log
+		own, ref = log, log
 	}
 	select {
 	case <-f.ready:
@@ -404,7 +412,7 @@ func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member, p
 		m.Close()
 		return nil, ctx.Err()
 	}
-	if f.err != nil || f.unshared || own != nil && !f.growing && (own.Size != f.log.Size || own.Version() != f.log.Version()) {
+	if f.err != nil || f.unshared || ref != nil && !f.growing && (ref.Size != f.log.Size || ref.Version() != f.log.Version()) {
 		m.Close()
 		return nil, nil
 	}
