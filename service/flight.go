@@ -299,7 +299,7 @@ func (f *flight) low() int64 {
 // window can still widen: readers of one pace drift back and forth (a
 // descheduled goroutine, a busy connection) and stay; a slower reader
 // goes on by itself before the window grows large for it.
-const detachGrace = 200 * time.Millisecond
+const detachGrace = 500 * time.Millisecond
 
 // lagging handles a full window that a member waits past: the members in
 // its lower half that stayed there for detachGrace detach, or else the

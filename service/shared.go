@@ -23,15 +23,17 @@ import (
 //
 // The rule that keeps every caller's access its own: a caller receives
 // nothing that another caller's request fetched (bytes, a "nothing new", an
-// action state) unless an upstream answer to a request of its own, with
-// its own credentials, for this log, succeeded within the re-authorization
-// interval; a caller whose proof is older asks the upstream itself, and a
-// refusal is its answer, exactly as without sharing. A download that joins
-// a read proves itself by a one-byte request of its own before its first
-// byte (whose answer must also show the same version of the log); a
-// follower by its own status call or poll. The proof is checked when the
-// caller joins, whatever the interleaving of the others: the shared read
-// only ever carries bytes to callers it admitted that way.
+// action state) unless an upstream answer to a log request of its own,
+// with its own credentials, for this log, succeeded within the
+// re-authorization interval; a caller whose proof is older proves itself
+// again, and a refusal is its answer, exactly as without sharing. A
+// download that joins a read proves itself by a one-byte request of its
+// own before its first byte (whose answer must also show the same version
+// of the log); a follower proven within the interval joins without one.
+// A state call proves nothing (full-stages names no task nor level), and
+// a refusal, in an answer or in a body, ends the proof. The proof is
+// checked when the caller joins, whatever the interleaving of the others:
+// a shared read only ever carries bytes to callers it admitted that way.
 type sharing struct {
 	next LogSource
 	// windowSize is the bytes one flight holds for its readers at first;
