@@ -51,9 +51,9 @@ func startProxy(t *testing.T) *proxy {
 		t.Skip("nginx is not installed (apt-get install nginx-light); CI runs this test")
 	}
 	p := &proxy{}
-	p.replicas[0] = servertest.StartWith(t, func(c *server.Config) { c.ChunkSize = 16 << 10 })
+	p.replicas[0] = servertest.StartWith(t, func(c *server.Config) { c.ChunkSize, c.SharedReads = 16<<10, true })
 	p.up = p.replicas[0].Upstream
-	p.replicas[1] = servertest.StartWith(t, func(c *server.Config) { c.ChunkSize = 16 << 10; c.Upstream = p.up.URL })
+	p.replicas[1] = servertest.StartWith(t, func(c *server.Config) { c.ChunkSize, c.SharedReads, c.Upstream = 16<<10, true, p.up.URL })
 
 	dir, err := os.MkdirTemp("", "buildlog-nginx")
 	if err != nil {
