@@ -246,9 +246,10 @@ func TestConsistentHashingBringsAllCallsForALogToOneReplica(t *testing.T) {
 			sp[r]++
 			spread[path] = sp
 		}
-		// On each replica used, one caller reads and the others join.
-		if j := joins() - joined; j != int64(2*readers-len(used)) {
-			t.Errorf("record %d: %d joins on %d replicas, want %d", i, j, len(used), 2*readers-len(used))
+		// On each replica used, one caller reads and the others join (a
+		// reader that fell behind and rejoined counts again).
+		if j := joins() - joined; j < int64(2*readers-len(used)) {
+			t.Errorf("record %d: %d joins on %d replicas, want at least %d", i, j, len(used), 2*readers-len(used))
 		}
 		detached := metric(t, p.replicas[0], "buildlog_shared_detaches_total") + metric(t, p.replicas[1], "buildlog_shared_detaches_total")
 		if s := p.up.BytesSent() - sent; s > size*(int64(len(used))+detached)+2*readers {
