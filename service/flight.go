@@ -20,9 +20,11 @@ import (
 // past it, the members at its low end detach and go on with an upstream
 // request of their own from where they are.
 //
-// The window holds the log's bytes from max(start, head-window) to head.
-// A member pins the window from its position: the reader overwrites only
-// what every attached member has read.
+// The window holds the log's bytes from max(held, head-len(window)) to
+// head: held rises past the bytes a read in progress overwrites, and past
+// those a widened window never held. A member pins the window from its
+// position: the reader overwrites only what every attached member has
+// read.
 type flight struct {
 	sh      *sharing
 	key     logKey

@@ -21,7 +21,7 @@ type gated struct {
 	cond    sync.Cond
 	size    int64
 	allow   int64
-	blocked int
+	blocked int // body reads waiting for allow
 	reqs    []upstream.Request
 	piece   int // when not 0, the most a body read returns
 }
@@ -39,12 +39,6 @@ func (g *gated) setAllow(n int64) {
 	g.allow = n
 	g.cond.Broadcast()
 	g.mu.Unlock()
-}
-
-func (g *gated) blockedReads() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.blocked
 }
 
 func (g *gated) DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error) {
@@ -101,21 +95,6 @@ func (b *gatedBody) Read(p []byte) (int, error) {
 }
 
 func (b *gatedBody) Close() error { b.stop(); return nil }
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for give := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(give) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-	}
-}
-
-func head(f *flight) int64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.head
-}
 
 // readCheck reads n bytes from body and reports the first offset whose
 // byte is not the log's, or -1.
