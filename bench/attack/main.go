@@ -132,6 +132,7 @@ type server struct {
 	cmd            *exec.Cmd
 	grpcAddr, http string
 	logs           *syncbuf.Buffer
+	exited         chan struct{} // closed once the process exited and was waited for
 }
 
 // start runs buildlogd with flags, leaving out those it does not know.
@@ -149,7 +150,12 @@ func (a *attacker) start(flags ...string) (*server, error) {
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { s.cmd.Wait(); pw.Close() }()
+	s.exited = make(chan struct{})
+	go func() {
+		s.cmd.Wait()
+		pw.Close()
+		close(s.exited)
+	}()
 	dec := json.NewDecoder(pr)
 	for {
 		var line struct{ Msg, GRPC, HTTP string }
@@ -164,9 +170,11 @@ func (a *attacker) start(flags ...string) (*server, error) {
 	}
 }
 
+// stop shuts buildlogd down and waits for it. Only the goroutine of
+// start waits for the process: a second Wait could block for ever.
 func (s *server) stop() {
 	s.cmd.Process.Signal(os.Interrupt)
-	s.cmd.Wait()
+	<-s.exited
 }
 
 func (s *server) peakRSS() int64 { return (&benchproc.Process{Cmd: s.cmd}).PeakRSS() }
