@@ -484,12 +484,6 @@ func fileName(name, fallback string) string {
 	return b.String()
 }
 
-// isShared reports whether body rides a shared read (shared.go).
-func isShared(body io.Reader) bool {
-	_, ok := body.(*member)
-	return ok
-}
-
 // putRing gives a ring back to its pool.
 func (s *Service) putRing(ring *[]byte) {
 	if len(*ring) == s.chunkSize {

@@ -32,18 +32,16 @@ type resumingBody struct {
 	c   *Client
 	ctx context.Context // the caller's: when it ends, nothing resumes
 	req Request         // the original request
-	log *Log            // the first answer, whose RequestID follows resumptions
+	log *Log            // the first answer (its size and version), whose RequestID follows resumptions
 
 	body    io.ReadCloser
 	pos     int64 // log offset of body's next byte
-	size    int64 // the log's size as first announced, or -1
-	version string
 	resumes int
 	broken  error // the read error to recover from before the next read
 }
 
 func newResumingBody(ctx context.Context, c *Client, req Request, log *Log) *resumingBody {
-	return &resumingBody{c: c, ctx: ctx, req: req, log: log, body: log.Body, pos: req.Offset, size: log.Size, version: log.version}
+	return &resumingBody{c: c, ctx: ctx, req: req, log: log, body: log.Body, pos: req.Offset}
 }
 
 func (b *resumingBody) Read(p []byte) (int, error) {
@@ -109,17 +107,26 @@ func (b *resumingBody) resume() error {
 
 // sameLog checks that a resumed answer describes the log being downloaded.
 func (b *resumingBody) sameLog(log *Log) error {
+	return Continues(b.log, log, b.pos, b.req.Growing)
+}
+
+// Continues checks that next, an answer for the same log from offset pos,
+// describes the log that was answered: the same size and ETag or
+// Last-Modified, or for a log that grows (growing) one no shorter than
+// pos. It returns a [*ChangedError] otherwise: the bytes before pos and
+// after it cannot be joined.
+func Continues(was, next *Log, pos int64, growing bool) error {
 	switch {
-	case b.req.Growing && log.Size >= 0 && log.Size < b.pos:
-		return &ChangedError{Offset: b.pos, Problem: fmt.Sprintf("it is now %d bytes long", log.Size)}
-	case b.req.Growing:
+	case growing && next.Size >= 0 && next.Size < pos:
+		return &ChangedError{Offset: pos, Problem: fmt.Sprintf("it is now %d bytes long", next.Size)}
+	case growing:
 		return nil // it grows, so its size and version change
-	case b.size >= 0 && log.Size >= 0 && log.Size != b.size:
-		return &ChangedError{Offset: b.pos, Problem: fmt.Sprintf("its size was %d bytes and is now %d", b.size, log.Size)}
-	case log.Size >= 0 && log.Size < b.pos:
-		return &ChangedError{Offset: b.pos, Problem: fmt.Sprintf("it is now %d bytes long", log.Size)}
-	case b.version != "" && log.version != "" && log.version != b.version:
-		return &ChangedError{Offset: b.pos, Problem: "its ETag or Last-Modified changed"}
+	case was.Size >= 0 && next.Size >= 0 && next.Size != was.Size:
+		return &ChangedError{Offset: pos, Problem: fmt.Sprintf("its size was %d bytes and is now %d", was.Size, next.Size)}
+	case next.Size >= 0 && next.Size < pos:
+		return &ChangedError{Offset: pos, Problem: fmt.Sprintf("it is now %d bytes long", next.Size)}
+	case was.version != "" && next.version != "" && next.version != was.version:
+		return &ChangedError{Offset: pos, Problem: "its ETag or Last-Modified changed"}
 	}
 	return nil
 }
