@@ -8,10 +8,12 @@ TOOL := go tool -modfile=tools/go.mod
 
 .PHONY: generate lint test bench ci breaking-baseline
 
-## generate: regenerate gen/ and the Python example's stubs from proto/
-## (the latter needs Debian's protobuf-compiler and protobuf-compiler-grpc)
+## generate: regenerate gen/, the descriptors reflection serves (with the
+## proto's comments) and the Python example's stubs from proto/ (the latter
+## needs Debian's protobuf-compiler and protobuf-compiler-grpc)
 generate:
 	$(TOOL) buf generate
+	$(TOOL) buf build --exclude-imports -o server/descriptor.binpb
 	$(TOOL) buf generate --template buf.gen.python.yaml
 
 ## lint: gofmt, go vet, staticcheck, buf lint/format/breaking

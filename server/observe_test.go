@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/buildlog/buildlog/api"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
@@ -455,6 +457,54 @@ func TestReflectionServesErrorDetails(t *testing.T) {
 		if e := resp.GetErrorResponse(); e != nil || len(resp.GetFileDescriptorResponse().GetFileDescriptorProto()) == 0 {
 			t.Errorf("reflection of %s: %v, want its file", symbol, e)
 		}
+	}
+}
+
+// TestReflectionServesComments asks reflection for the request message's
+// file, as `grpcurl describe buildlog.v1.DownloadTaskLogRequest` does, and
+// checks that it comes with the proto's comments.
+func TestReflectionServesComments(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	stream, err := reflectionpb.NewServerReflectionClient(s.Conn).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.CloseSend()
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: "buildlog.v1.DownloadTaskLogRequest"}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file *descriptorpb.FileDescriptorProto
+	for _, b := range resp.GetFileDescriptorResponse().GetFileDescriptorProto() {
+		fd := new(descriptorpb.FileDescriptorProto)
+		if err := proto.Unmarshal(b, fd); err != nil {
+			t.Fatal(err)
+		}
+		if fd.GetName() == "buildlog/v1/buildlog.proto" {
+			file = fd
+		}
+	}
+	if file == nil {
+		t.Fatalf("reflection answered %v, without buildlog/v1/buildlog.proto", resp)
+	}
+	// The message's comment is at path [4 (message_type), its index].
+	var comment string
+	for i, m := range file.GetMessageType() {
+		if m.GetName() != "DownloadTaskLogRequest" {
+			continue
+		}
+		for _, loc := range file.GetSourceCodeInfo().GetLocation() {
+			if p := loc.GetPath(); len(p) == 2 && p[0] == 4 && p[1] == int32(i) {
+				comment = loc.GetLeadingComments()
+			}
+		}
+	}
+	if !strings.Contains(comment, "names one build action's log") {
+		t.Errorf("reflection's DownloadTaskLogRequest comment = %q, want the proto's", comment)
 	}
 }
 

@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	"github.com/buildlog/buildlog/api"
 	"github.com/buildlog/buildlog/gateway"
@@ -120,7 +119,9 @@ func New(cfg Config) (*Server, error) {
 	}, tr.grpcOptions()...)...)
 	buildlogv1.RegisterBuildLogServiceServer(s.grpcServer, grpcService{svc: svc, maxAge: cfg.Keepalive.MaxConnectionAge})
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
-	reflection.Register(s.grpcServer)
+	if err := registerReflection(s.grpcServer); err != nil {
+		return nil, err
+	}
 	m.grpc.InitializeMetrics(s.grpcServer)
 
 	var protocols http.Protocols
