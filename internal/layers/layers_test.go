@@ -32,6 +32,7 @@ var allowed = map[string][]string{
 	"internal/layers":       {},
 	"internal/syncbuf":      {},
 	"deploy/nginx":          {}, // a test only: nginx in front of two replicas
+	"clients/testbed":       {"internal/benchproc", "upstream/upstreamtest"},
 }
 
 // transport lists what the download core must not import: it knows no

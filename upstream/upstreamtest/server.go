@@ -10,6 +10,7 @@
 package upstreamtest
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/rand"
 	"encoding/hex"
@@ -176,6 +177,22 @@ func (s *Server) AddLog(recordID, taskName string, log Log) {
 	defer s.mu.Unlock()
 	s.logs[logKey{recordID, taskName}] = log
 	delete(s.running.actions, logKey{recordID, taskName})
+}
+
+// Content returns the bytes the server holds now for (recordID, taskName)
+// at level ("INFO" or "DEBUG"; "" for the upstream's default, INFO), and
+// whether it has that log: what a complete download must deliver.
+func (s *Server) Content(recordID, taskName, level string) ([]byte, bool) {
+	s.mu.Lock()
+	log, ok := s.lookupLog(recordID, taskName)
+	s.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	if log.Content != nil {
+		return bytes.Clone(log.Content), true
+	}
+	return Generate(log.Size, cmp.Or(level, "INFO"), taskName), true
 }
 
 // Inject queues a fault.
