@@ -211,7 +211,7 @@ func (d *Download) startSegment(log *upstream.Log) {
 	case isShared(log.Body):
 		// The shared read's window reads ahead for it: a ring of one
 		// chunk, read on the relay's goroutine, is enough.
-		d.ring = s.chunkRings.Get().(*[]byte)
+		d.ring = s.sharing.blocks.Get().(*[]byte)
 		d.pump = readInline(log.Body, *d.ring)
 	case log.Size >= 0 && n <= int64(s.chunkSize):
 		// The range fits in one chunk: reading ahead of it gains nothing.
@@ -487,7 +487,7 @@ func fileName(name, fallback string) string {
 // putRing gives a ring back to its pool.
 func (s *Service) putRing(ring *[]byte) {
 	if len(*ring) == s.chunkSize {
-		s.chunkRings.Put(ring)
+		s.sharing.blocks.Put(ring) // a download riding a shared read
 		return
 	}
 	s.rings.Put(ring)

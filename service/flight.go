@@ -13,17 +13,14 @@ import (
 )
 
 // A flight is one upstream read of a log that many downloads ride: its
-// answer's bytes go into a window (a ring of a few chunks) that every
-// member reads from at its own pace. The reader never waits for the
-// slowest member: when the window is full and a member waits for bytes
+// answer's bytes go into a window (window.go: a few chunk-sized blocks)
+// that every member reads from at its own pace. The reader never waits for
+// the slowest member: when the window is full and a member waits for bytes
 // past it, the members at its low end detach and go on with an upstream
 // request of their own from where they are.
 //
-// The window holds the log's bytes from max(held, head-len(window)) to
-// head: held rises past the bytes a read in progress overwrites, and past
-// those a widened window never held. A member pins the window from its
-// position: the reader overwrites only what every attached member has
-// read.
+// A member pins the window from its position: the reader reuses only a
+// block that every attached member has read.
 type flight struct {
 	sh      *sharing
 	key     logKey
@@ -45,10 +42,9 @@ type flight struct {
 	// data wakes members waiting for bytes; room wakes the reader
 	// waiting for members to make room.
 	data, room sync.Cond
-	ring       *[]byte // the window; nil until bytes come, and once released
-	head       int64   // the log offset of the next byte read
-	held       int64   // the window holds the bytes from max(held, head-len(ring))
-	rerr       error   // how the read ended: io.EOF at its end
+	win        window // the bytes from win.held(head) to head
+	head       int64  // the log offset of the next byte read
+	rerr       error  // how the read ended: io.EOF at its end
 	endedAt    time.Time
 	members    map[*member]struct{} // attached members
 	running    bool                 // the reader goroutine runs
@@ -66,7 +62,7 @@ func rangeEnd(req upstream.Request) int64 {
 
 func newFlight(sh *sharing, k logKey, req upstream.Request) *flight {
 	f := &flight{sh: sh, key: k, req: req, owner: idOf(req.Token), growing: req.Growing, start: req.Offset, end: rangeEnd(req),
-		head: req.Offset, held: req.Offset, ready: make(chan struct{}), members: make(map[*member]struct{})}
+		head: req.Offset, ready: make(chan struct{}), members: make(map[*member]struct{})}
 	f.data.L, f.room.L = &f.mu, &f.mu
 	return f
 }
@@ -176,15 +172,12 @@ func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstre
 	if rangeEnd(req) > rangeEnd(f.req) {
 		return nil, nil // it asks for bytes the flight does not read
 	}
-	low := f.head
-	if f.ring != nil {
-		low = max(f.held, f.head-int64(len(*f.ring)))
-	}
+	low := f.win.held(f.head)
 	// A download may also join a little ahead of the read, and wait for
 	// it there: readers that fell behind together ride one read.
 	high := f.head
 	if !f.growing && f.rerr == nil {
-		high += int64(f.sh.windowSize)
+		high += int64(f.sh.firstWindow) * int64(f.sh.chunk)
 	}
 	if req.Offset < low || req.Offset > high {
 		return nil, nil
@@ -213,14 +206,11 @@ func (f *flight) run(body io.ReadCloser) {
 	defer body.Close()
 	defer f.cancel() // its request is over
 	f.mu.Lock()
-	// A chunk a member at first (a lone reader's costs it one chunk),
-	// up to the first window; a read shorter than that, its length: a
-	// followed log's new bytes are often a few lines.
-	w := min(int64(f.sh.windowSize), int64(max(len(f.members), 1))*int64(f.sh.chunk), max(f.end-f.start, 1))
+	f.win = f.newWindow()
 	for {
+		var buf []byte
 		for !f.closed && f.head < f.end {
-			lo := f.low()
-			if f.head-lo < w {
+			if buf = f.win.space(f.head, f.end, f.low()); buf != nil {
 				break
 			}
 			if !f.starved() {
@@ -229,8 +219,7 @@ func (f *flight) run(body io.ReadCloser) {
 			}
 			// Full, and a member waits for what comes next: the window
 			// widens, or the members far behind go on by themselves.
-			f.lagging(lo)
-			w = int64(len(*f.ring))
+			f.lagging()
 		}
 		if f.closed {
 			break
@@ -239,16 +228,6 @@ func (f *flight) run(body io.ReadCloser) {
 			f.rerr = io.EOF
 			break
 		}
-		if f.ring == nil {
-			f.ring = f.sh.window(w)
-		}
-		ring := *f.ring
-		at := (f.head - f.start) % w
-		n := min(w-at, f.low()+w-f.head, f.end-f.head)
-		buf := ring[at : at+n]
-		// The bytes the read overwrites are no longer held: nobody joins
-		// at them from now on.
-		f.held = max(f.held, f.head+n-w)
 		f.mu.Unlock()
 
 		got, err := body.Read(buf)
@@ -282,6 +261,18 @@ func (f *flight) run(body io.ReadCloser) {
 	f.mu.Unlock()
 }
 
+// newWindow returns the flight's window: at first a block a member (a
+// lone reader's costs it one chunk), up to the first window; one block of
+// the read's length for a read shorter than a chunk (a followed log's new
+// bytes are often a few lines).
+func (f *flight) newWindow() window {
+	w := window{start: f.start, block: int64(f.sh.chunk), limit: min(f.sh.firstWindow, max(len(f.members), 1)), pool: &f.sh.blocks}
+	if n := f.end - f.start; n < w.block {
+		w.block, w.limit, w.pool = max(n, 1), 1, nil
+	}
+	return w
+}
+
 // errAbandoned ends a flight whose members all left.
 var errAbandoned = errors.New("the shared read was abandoned")
 
@@ -296,18 +287,18 @@ func (f *flight) low() int64 {
 }
 
 // detachGrace is how long a member may stay in the lower half of a full
-// window that another member waits past before it detaches, while the
-// window can still widen: readers of one pace drift back and forth (a
-// descheduled goroutine, a busy connection) and stay; a slower reader
-// goes on by itself before the window grows large for it.
+// window that another member waits past before it detaches: readers of
+// one pace drift back and forth (a descheduled goroutine, a busy
+// connection) and stay; a slower reader goes on by itself before the
+// window grows large for it.
 const detachGrace = 500 * time.Millisecond
 
 // lagging handles a full window that a member waits past: the members in
 // its lower half that stayed there for detachGrace detach, or else the
 // window widens, or else, at its widest, they all detach at once. The
 // caller holds f.mu.
-func (f *flight) lagging(lo int64) {
-	now, w := time.Now(), int64(len(*f.ring))
+func (f *flight) lagging() {
+	now, w, lo := time.Now(), f.win.size(), f.low()
 	behind := func(m *member) bool { return m.pos < f.head-w/2 }
 	detached := false
 	for m := range f.members {
@@ -331,29 +322,17 @@ func (f *flight) lagging(lo int64) {
 	}
 }
 
-// widen doubles the window, keeping what it holds, unless it is at its
-// bound: memberWindow a member (or the first window), at most maxWindow.
-// The caller holds f.mu.
+// widen doubles the window unless it is at its bound: memberWindow a
+// member (or the first window), at most maxWindow. The caller holds f.mu.
 func (f *flight) widen() bool {
-	cur := int64(len(*f.ring))
-	limit := min(int64(f.sh.maxWindow), max(int64(len(f.members))*int64(f.sh.memberWindow), int64(f.sh.windowSize)))
+	limit := min(f.sh.maxWindow, max(len(f.members)*f.sh.memberWindow, f.sh.firstWindow))
 	if f.end != math.MaxInt64 {
-		limit = min(limit, f.end-f.start)
+		limit = min(limit, int((f.end-f.start+f.win.block-1)/f.win.block))
 	}
-	if cur >= limit {
+	if f.win.limit >= limit {
 		return false
 	}
-	n := min(2*cur, limit)
-	wp := f.sh.window(n)
-	wider := *wp
-	for o := max(f.start, f.head-cur); o < f.head; {
-		from, to := (o-f.start)%cur, (o-f.start)%n
-		k := copy(wider[to:], (*f.ring)[from:min(cur, from+f.head-o)])
-		o += int64(k)
-	}
-	f.sh.putWindow(f.ring)
-	f.ring = wp
-	f.held = max(f.held, f.head-cur) // the rest of the wider window holds nothing yet
+	f.win.limit = min(2*f.win.limit, limit)
 	return true
 }
 
@@ -379,11 +358,10 @@ func (f *flight) detach(m *member) {
 // release gives the window back once nothing can read it any more. The
 // caller holds f.mu.
 func (f *flight) release() {
-	if f.ring == nil || f.running || len(f.members) > 0 || !f.dropped && f.growing {
+	if f.running || len(f.members) > 0 || !f.dropped && f.growing {
 		return
 	}
-	f.sh.putWindow(f.ring)
-	f.ring = nil
+	f.win.release()
 }
 
 // drop notes that the flight is no longer the log's: no one joins it any

@@ -264,7 +264,7 @@ func TestSharedNoDetachAtTheEnd(t *testing.T) {
 		t.Fatalf("b: %d, %v", n, err)
 	}
 	f.mu.Lock()
-	ring, detached := len(*f.ring), a.Body.(*member).detached
+	ring, detached := f.win.size(), a.Body.(*member).detached
 	f.mu.Unlock()
 	before := len(g.reqs)
 	if bad := readCheck(t, a.Body, 4096, size-4096); bad >= 0 {

@@ -62,7 +62,7 @@ func (m *member) Read(p []byte) (int, error) {
 			return m.readOwn(p)
 		case m.pos < f.head:
 			n := m.copy(p)
-			if m.pos >= f.head-int64(len(*f.ring))/2 {
+			if m.pos >= f.head-f.win.size()/2 {
 				m.lagSince = time.Time{} // it caught up
 			}
 			f.room.Signal()
@@ -94,12 +94,9 @@ func (m *member) Read(p []byte) (int, error) {
 // copy copies what the window holds from m.pos. The caller holds f.mu.
 func (m *member) copy(p []byte) int {
 	f := m.f
-	ring := *f.ring
-	w := int64(len(ring))
 	n := 0
 	for n < len(p) && m.pos < f.head {
-		at := (m.pos - f.start) % w
-		k := copy(p[n:], ring[at:min(w, at+f.head-m.pos)])
+		k := copy(p[n:], f.win.bytes(m.pos, f.head))
 		n += k
 		m.pos += int64(k)
 	}

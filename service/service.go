@@ -47,12 +47,9 @@ type LogSource interface {
 type Service struct {
 	source    LogSource
 	chunkSize int
-	rings     sync.Pool // of *[]byte with len 2*chunkSize, the pumps' rings
-	// chunkRings are the rings of downloads riding a shared read, whose
-	// window reads ahead for them: len chunkSize.
-	chunkRings sync.Pool
-	slots      chan struct{} // one per download in flight; nil: no limit
-	observer   Observer
+	rings     sync.Pool     // of *[]byte with len 2*chunkSize, the pumps' rings
+	slots     chan struct{} // one per download in flight; nil: no limit
+	observer  Observer
 	// callers decides who may use the server's own credentials (see
 	// caller.go); nil: nobody.
 	callers *callerAuth
@@ -130,10 +127,6 @@ func New(source LogSource, opts ...Option) (*Service, error) {
 	s.rings.New = func() any {
 		// The pump's ring: room for the chunk being sent and the next.
 		b := make([]byte, 2*s.chunkSize)
-		return &b
-	}
-	s.chunkRings.New = func() any {
-		b := make([]byte, s.chunkSize)
 		return &b
 	}
 	return s, nil

@@ -36,11 +36,14 @@ import (
 // a shared read only ever carries bytes to callers it admitted that way.
 type sharing struct {
 	next LogSource
-	// windowSize is the bytes one flight holds for its readers at first;
-	// its window widens to hold readers that drift apart, up to
-	// memberWindow a member and maxWindow in all.
-	windowSize, memberWindow, maxWindow int
-	chunk                               int
+	// firstWindow is the chunks one flight holds for its readers at
+	// first; its window widens to hold readers that drift apart, up to
+	// memberWindow chunks a member and maxWindow in all.
+	firstWindow, memberWindow, maxWindow int
+	chunk                                int
+	// blocks are the chunk-sized buffers of the flights' windows and of
+	// the downloads riding them.
+	blocks sync.Pool
 	// minShared: a read of a finished log that announces no more bytes
 	// than this is not shared (a joiner's proof would cost as much).
 	minShared int64
@@ -49,8 +52,6 @@ type sharing struct {
 	fresh time.Duration
 	// reauthorize is how long a caller's proof of access to a log stands.
 	reauthorize time.Duration
-
-	windows sync.Map // window size → *sync.Pool of *[]byte: windows of whole chunks
 
 	mu   sync.Mutex
 	logs map[logKey]*sharedLog
@@ -122,37 +123,20 @@ const (
 func newSharing(next LogSource, chunkSize int, fresh, reauthorize time.Duration) *sharing {
 	sh := &sharing{
 		next:         next,
-		windowSize:   sharedWindowChunks * chunkSize,
-		memberWindow: sharedMemberWindowChunks * chunkSize,
+		firstWindow:  sharedWindowChunks,
+		memberWindow: sharedMemberWindowChunks,
 		chunk:        chunkSize,
-		maxWindow:    sharedMaxWindowChunks * chunkSize,
+		maxWindow:    sharedMaxWindowChunks,
 		minShared:    int64(chunkSize),
 		fresh:        fresh,
 		reauthorize:  reauthorize,
 		logs:         make(map[logKey]*sharedLog),
 	}
+	sh.blocks.New = func() any {
+		b := make([]byte, chunkSize)
+		return &b
+	}
 	return sh
-}
-
-// window returns a flight's window of n bytes: a pooled one when it is
-// whole chunks (as widened windows are), else one of its own.
-func (sh *sharing) window(n int64) *[]byte {
-	if n%int64(sh.chunk) != 0 {
-		b := make([]byte, n)
-		return &b
-	}
-	p, _ := sh.windows.LoadOrStore(n, &sync.Pool{New: func() any {
-		b := make([]byte, n)
-		return &b
-	}})
-	return p.(*sync.Pool).Get().(*[]byte)
-}
-
-// putWindow gives a window back to its pool.
-func (sh *sharing) putWindow(b *[]byte) {
-	if p, ok := sh.windows.Load(int64(len(*b))); ok {
-		p.(*sync.Pool).Put(b)
-	}
 }
 
 // SharedStats returns the shared reads' counters; nil when shared reads

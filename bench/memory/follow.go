@@ -14,7 +14,6 @@ import (
 
 	"github.com/buildlog/buildlog/bench/internal/tail"
 	buildlogv1 "github.com/buildlog/buildlog/gen/buildlog/v1"
-	"github.com/buildlog/buildlog/internal/benchproc"
 	"github.com/buildlog/buildlog/upstream/upstreamtest"
 )
 
@@ -73,7 +72,7 @@ func measureIdleFollowers(bin string, up *upstreamtest.Server, o followOptions) 
 	if o.poll > 0 {
 		flags = append(flags, "--follow-poll-interval", o.poll.String())
 	}
-	srv, err := benchproc.StartBuildlogd(bin, flags...)
+	srv, err := startBuildlogd(bin, flags...)
 	if err != nil {
 		return nil, err
 	}

@@ -21,7 +21,7 @@
 // It prints the figures and exits 1 when a target is missed. Run it from the
 // repository root:
 //
-//	go run ./bench/memory [-size 256MiB] [-readers 48] [-hold 5s] [-followers 1000] [-explain]
+//	go run ./bench/memory [-size 256MiB] [-readers 48] [-hold 5s] [-followers 1000] [-buildlogd-flags "--shared-reads"] [-explain]
 package main
 
 import (
@@ -33,6 +33,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,12 +68,24 @@ func main() {
 	flag.DurationVar(&fo.settle, "follow-settle", 15*time.Second, "pause after the last follower opened, for their polls to back off")
 	flag.DurationVar(&fo.idle, "follow-idle", 25*time.Second, "how long buildlogd's CPU is measured while the followers idle")
 	flag.DurationVar(&fo.poll, "follow-poll-interval", 0, "buildlogd's --follow-poll-interval for the idle followers; 0 for its default (2s)")
+	flag.Func("buildlogd-flags", "more buildlogd `flags` for every scenario, space-separated (e.g. \"--shared-reads=false\")", func(v string) error {
+		extraFlags = strings.Fields(v)
+		return nil
+	})
 	flag.BoolVar(&fo.explain, "explain", false, "print the idle followers' largest goroutine groups and save profiles even when the targets are met (always when one is missed)")
 	flag.Parse()
 	if err := run(*size, *readers, *hold, fo); err != nil {
 		fmt.Fprintln(os.Stderr, "memory:", err)
 		os.Exit(1)
 	}
+}
+
+// extraFlags are the -buildlogd-flags, given to every buildlogd started.
+var extraFlags []string
+
+// startBuildlogd starts bin with flags and the -buildlogd-flags.
+func startBuildlogd(bin string, flags ...string) (*benchproc.Process, error) {
+	return benchproc.StartBuildlogd(bin, append(flags, extraFlags...)...)
 }
 
 func run(size int64, readers int, hold time.Duration, fo followOptions) error {
@@ -135,7 +148,7 @@ func run(size int64, readers int, hold time.Duration, fo followOptions) error {
 // measureRelay downloads the whole log over both paths from a fresh server
 // and returns its peak resident set.
 func measureRelay(bin, upstreamURL string, size int64) (int64, error) {
-	srv, err := benchproc.StartBuildlogd(bin, "--upstream", upstreamURL)
+	srv, err := startBuildlogd(bin, "--upstream", upstreamURL)
 	if err != nil {
 		return 0, err
 	}
@@ -166,7 +179,7 @@ func measureRelay(bin, upstreamURL string, size int64) (int64, error) {
 // measureSlowReaders runs readers slow downloads at once for hold from a
 // fresh server and returns its peak resident set.
 func measureSlowReaders(bin, upstreamURL string, readers int, hold time.Duration) (int64, error) {
-	srv, err := benchproc.StartBuildlogd(bin, "--upstream", upstreamURL)
+	srv, err := startBuildlogd(bin, "--upstream", upstreamURL)
 	if err != nil {
 		return 0, err
 	}
