@@ -9,12 +9,15 @@ TOOL := go tool -modfile=tools/go.mod
 .PHONY: generate lint test bench ci breaking-baseline
 
 ## generate: regenerate gen/, the descriptors reflection serves (with the
-## proto's comments) and the Python example's stubs from proto/ (the latter
-## needs Debian's protobuf-compiler and protobuf-compiler-grpc)
+## proto's comments), the Python stubs (with Debian's protobuf-compiler and
+## protobuf-compiler-grpc) and the TypeScript stubs (with the pinned
+## protoc-gen-es of clients/typescript) from proto/
 generate:
 	$(TOOL) buf generate
 	$(TOOL) buf build --exclude-imports -o server/descriptor.binpb
 	$(TOOL) buf generate --template buf.gen.python.yaml
+	cd clients/typescript && npm ci --no-audit --no-fund
+	$(TOOL) buf generate --template buf.gen.ts.yaml
 
 ## lint: gofmt, go vet, staticcheck, buf lint/format/breaking
 lint:

@@ -33,6 +33,7 @@ var allowed = map[string][]string{
 	"internal/syncbuf":      {},
 	"deploy/nginx":          {}, // a test only: nginx in front of two replicas
 	"clients/testbed":       {"internal/benchproc", "upstream/upstreamtest"},
+	"clients":               {}, // a test only: the Python and TypeScript suites
 }
 
 // transport lists what the download core must not import: it knows no
