@@ -67,6 +67,7 @@ type Download struct {
 	idleMu     sync.Mutex
 	idleFired  bool
 	idleClosed bool
+	lentPump   *pump // the pump whose lent ring Next waits for (waitForCaller)
 	ended      *api.Error
 	done       bool
 	abandoned  bool
@@ -285,6 +286,7 @@ func (d *Download) Length() int64 {
 // out (and, when following, the action finished). Any other error ends the
 // download: pass it to Close.
 func (d *Download) Next() (Chunk, error) {
+	d.waitForCaller()
 	if d.stopIdle() {
 		// The timeout fired as the caller took the last chunk: it is over.
 		return Chunk{}, callerIdleError(d.s.callerIdle, d.pos)
@@ -395,12 +397,42 @@ func (d *Download) startIdle() {
 			if !d.idleClosed {
 				d.idleFired = true
 				d.req.Interrupt()
+				if d.lentPump != nil {
+					d.lentPump.abort(errCallerIdle) // Next returns callerIdleError
+				}
 			}
 		})
 		return
 	}
 	d.idle.Reset(d.s.callerIdle)
 }
+
+// waitForCaller waits, with the caller idle timeout still running, while
+// the caller holds every byte of the ring: a download riding a shared
+// read has a ring of one chunk, which comes back only once the transport
+// has written it to the caller. When the timeout fires meanwhile, it ends
+// the wait.
+func (d *Download) waitForCaller() {
+	if d.pump == nil || d.idle == nil {
+		return
+	}
+	d.idleMu.Lock()
+	fired := d.idleFired
+	if !fired {
+		d.lentPump = d.pump
+	}
+	d.idleMu.Unlock()
+	if fired {
+		return
+	}
+	d.pump.waitLent()
+	d.idleMu.Lock()
+	d.lentPump = nil
+	d.idleMu.Unlock()
+}
+
+// errCallerIdle ends the wait of waitForCaller.
+var errCallerIdle = errors.New("the caller accepted no bytes")
 
 // stopIdle stops the caller idle timeout and reports whether it fired.
 func (d *Download) stopIdle() bool {

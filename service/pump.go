@@ -137,6 +137,17 @@ func (p *pump) next(limit int64) ([]byte, error) {
 	return p.ring[start:end], nil
 }
 
+// waitLent waits while the whole ring is lent out, which only the
+// caller's taking the bytes ends (a transport holds a region until it has
+// written it), until abort.
+func (p *pump) waitLent() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.lent-p.released == int64(len(p.ring)) && p.aborted == nil {
+		p.cond.Wait()
+	}
+}
+
 // abort makes next return err from now on. The relay aborts when its call
 // ends: with its earlier messages' regions still lent to a stalled
 // stream's queue, no data may ever come.
