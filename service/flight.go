@@ -30,6 +30,10 @@ type flight struct {
 	start   int64
 	end     int64 // the log offset the read ends at: its range, or the log's size
 
+	// reserve is how far past start its first member reads from: the
+	// window holds that much at least, for the readers between.
+	reserve int64
+
 	// ready is closed once the upstream answered the request; err, log,
 	// unshared and cancel are set before.
 	ready    chan struct{}
@@ -68,9 +72,12 @@ func newFlight(sh *sharing, k logKey, req upstream.Request) *flight {
 }
 
 // open makes the flight's request, with its caller's credentials, and
-// returns that caller's log: a member like the others. An answer too
-// small to share is returned as it came, and the flight is dropped.
-func (f *flight) open(ctx context.Context, id tokenID) (*upstream.Log, error) {
+// returns that caller's log for own, its download's request (which starts
+// at the flight's start, or past it for a read made for a group of
+// readers that fell behind together): a member like the others. An
+// answer too small to share is returned as it came, and the flight is
+// dropped.
+func (f *flight) open(ctx context.Context, id tokenID, own upstream.Request) (*upstream.Log, error) {
 	sh := f.sh
 	// The read outlives its caller's request while others ride it: it
 	// ends when its last member leaves.
@@ -91,7 +98,7 @@ func (f *flight) open(ctx context.Context, id tokenID) (*upstream.Log, error) {
 		return nil, err // the caller's own refusal
 	}
 	sh.prove(f.key, id)
-	if log.Size >= 0 && log.Size-f.start <= sh.minShared && !f.growing {
+	if log.Size >= 0 && log.Size-f.start <= sh.minShared && !f.growing && own.Offset == f.start {
 		f.settle(nil, nil, true, nil)
 		sh.unregister(f.key, f)
 		stop := context.AfterFunc(ctx, cancel)
@@ -99,8 +106,9 @@ func (f *flight) open(ctx context.Context, id tokenID) (*upstream.Log, error) {
 		log.Body = &ownBody{ReadCloser: body, close: func() { stop(); cancel() }}
 		return log, nil
 	}
-	m := &member{f: f, req: f.req, pos: f.start, owner: true}
+	m := &member{f: f, req: own, pos: own.Offset, owner: true}
 	f.mu.Lock()
+	f.reserve = own.Offset - f.start
 	if log.Size >= 0 {
 		f.end = min(f.end, log.Size)
 	}
@@ -160,7 +168,11 @@ func (f *flight) stale(now time.Time, fresh time.Duration) bool {
 // is whether the caller's access was proven within the interval: a
 // followed log is joined only then (a download of a finished one proves
 // it in admit). The caller holds sh.mu.
-func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstream.Log, *member) {
+//
+// A download may also join a little ahead of the read, and wait for it
+// there; one that fell behind another read with others (spread: how far
+// it is past the lowest of them), further ahead by that much.
+func (f *flight) join(req upstream.Request, proven bool, now time.Time, spread int64) (*upstream.Log, *member) {
 	if req.Growing != f.growing {
 		return nil, nil
 	}
@@ -173,11 +185,9 @@ func (f *flight) join(req upstream.Request, proven bool, now time.Time) (*upstre
 		return nil, nil // it asks for bytes the flight does not read
 	}
 	low := f.win.held(f.head)
-	// A download may also join a little ahead of the read, and wait for
-	// it there: readers that fell behind together ride one read.
 	high := f.head
 	if !f.growing && f.rerr == nil {
-		high += int64(f.sh.firstWindow) * int64(f.sh.chunk)
+		high += int64(f.sh.firstWindow)*int64(f.sh.chunk) + spread
 	}
 	if req.Offset < low || req.Offset > high {
 		return nil, nil
@@ -267,6 +277,7 @@ func (f *flight) run(body io.ReadCloser) {
 // bytes are often a few lines).
 func (f *flight) newWindow() window {
 	w := window{start: f.start, block: int64(f.sh.chunk), limit: min(f.sh.firstWindow, max(len(f.members), 1)), pool: &f.sh.blocks}
+	w.limit = max(w.limit, min(int(f.reserve/w.block)+1, f.sh.maxWindow))
 	if n := f.end - f.start; n < w.block {
 		w.block, w.limit, w.pool = max(n, 1), 1, nil
 	}
@@ -300,7 +311,7 @@ const detachGrace = 500 * time.Millisecond
 func (f *flight) lagging() {
 	now, w, lo := time.Now(), f.win.size(), f.low()
 	behind := func(m *member) bool { return m.pos < f.head-w/2 }
-	detached := false
+	var group []*member
 	for m := range f.members {
 		switch {
 		case !behind(m):
@@ -308,17 +319,26 @@ func (f *flight) lagging() {
 		case m.lagSince.IsZero():
 			m.lagSince = now
 		case now.Sub(m.lagSince) >= detachGrace:
-			f.detach(m)
-			detached = true
+			group = append(group, m)
 		}
 	}
-	if detached || f.widen() {
+	if len(group) == 0 && f.widen() {
 		return
 	}
-	for m := range f.members {
-		if behind(m) || m.pos == lo {
-			f.detach(m)
+	if len(group) == 0 {
+		for m := range f.members {
+			if behind(m) || m.pos == lo {
+				group = append(group, m)
+			}
 		}
+	}
+	from := f.head
+	for _, m := range group {
+		from = min(from, m.pos)
+	}
+	for _, m := range group {
+		f.detach(m)
+		m.from = from
 	}
 }
 
@@ -340,7 +360,7 @@ func (f *flight) widen() bool {
 // The caller holds f.mu.
 func (f *flight) starved() bool {
 	for m := range f.members {
-		if m.waiting && m.pos == f.head {
+		if m.waiting && m.pos >= f.head {
 			return true
 		}
 	}
@@ -350,7 +370,7 @@ func (f *flight) starved() bool {
 // detach makes m go on with a request of its own. The caller holds f.mu.
 func (f *flight) detach(m *member) {
 	delete(f.members, m)
-	m.detached = true
+	m.detached, m.from = true, m.pos
 	f.sh.stats.Detaches.Add(1)
 	f.data.Broadcast()
 }

@@ -112,7 +112,7 @@ func readCheck(t *testing.T, body io.Reader, off int64, n int) int64 {
 	return -1
 }
 
-const rchunk = 1024 // window 4 KiB, member window 4 KiB
+const rchunk = 1024 // first window 4 KiB, member window 2 KiB
 
 func newTestSharing(g *gated) *sharing {
 	return newSharing(g, rchunk, time.Minute, time.Minute)
@@ -238,7 +238,10 @@ func TestSharedRefusalInABodyEndsTheProof(t *testing.T) {
 // At the log's end, a member whose remaining bytes are all in the window
 // is not detached (the reader checks head >= end first).
 func TestSharedNoDetachAtTheEnd(t *testing.T) {
-	const size = 12288
+	// a reads 4096 bytes; the rest of the log is the widest window of
+	// two members.
+	probe := newTestSharing(nil)
+	size := 4096 + int64(max(2*probe.memberWindow, probe.firstWindow)*rchunk)
 	g := newGated(size, 0)
 	sh := newTestSharing(g)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -267,7 +270,7 @@ func TestSharedNoDetachAtTheEnd(t *testing.T) {
 	ring, detached := f.win.size(), a.Body.(*member).detached
 	f.mu.Unlock()
 	before := len(g.reqs)
-	if bad := readCheck(t, a.Body, 4096, size-4096); bad >= 0 {
+	if bad := readCheck(t, a.Body, 4096, int(size-4096)); bad >= 0 {
 		t.Fatal(bad)
 	}
 	if detached {

@@ -17,6 +17,9 @@ type member struct {
 
 	// Guarded by f.mu.
 	detached bool // it reads on its own (own) from pos
+	// from is, once detached, the lowest position of the members that
+	// detached with it: a read it starts starts there, for them too.
+	from int64
 	waiting  bool // a Read waits for the flight's next bytes
 	// lagSince is when it was first found in the lower half of a full
 	// window that another member waits past; zero when it is not there.
@@ -81,7 +84,7 @@ func (m *member) Read(p []byte) (int, error) {
 			// Another caller's read broke: go on alone, with the
 			// resumption this download has of its own.
 			delete(f.members, m)
-			m.detached = true
+			m.detached, m.from = true, m.pos
 			continue
 		}
 		m.waiting = true
@@ -121,7 +124,7 @@ func (m *member) readOwn(p []byte) (int, error) {
 		}
 		// Through the sharing again: the readers that fell behind
 		// together ride one read, the first one's, each proven anew.
-		log, err := m.f.sh.download(m.ctx, req, m.f.log)
+		log, err := m.f.sh.download(m.ctx, req, m.f.log, min(m.from, m.pos))
 		if err != nil {
 			return 0, err
 		}

@@ -116,7 +116,7 @@ const DefaultSharedReauthorize = 5 * time.Minute
 // it, and at most.
 const (
 	sharedWindowChunks       = 4
-	sharedMemberWindowChunks = 8
+	sharedMemberWindowChunks = 2
 	sharedMaxWindowChunks    = 256
 )
 
@@ -291,13 +291,13 @@ type asking struct {
 // DownloadTaskLog rides the log's read in flight when it can, and reads
 // on its own otherwise, its read becoming the one later callers ride.
 func (sh *sharing) DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error) {
-	return sh.download(ctx, req, nil)
+	return sh.download(ctx, req, nil, req.Offset)
 }
 
 // download is DownloadTaskLog for a caller that may already know the log
 // (known: an answer it was admitted to): proven, it then joins a read of
 // the same log without a probe of its own.
-func (sh *sharing) download(ctx context.Context, req upstream.Request, known *upstream.Log) (*upstream.Log, error) {
+func (sh *sharing) download(ctx context.Context, req upstream.Request, known *upstream.Log, from int64) (*upstream.Log, error) {
 	if req.Limit > 0 && req.Limit <= sh.minShared {
 		return sh.own(ctx, req) // a probe (REST HEAD) or a small range: nothing to share
 	}
@@ -307,7 +307,7 @@ func (sh *sharing) download(ctx context.Context, req upstream.Request, known *up
 	proven := sh.proven(l, id, now)
 	l.prune(now, sh.fresh)
 	for _, f := range l.flights {
-		log, m := f.join(req, proven, now)
+		log, m := f.join(req, proven, now, req.Offset-from)
 		if log == nil && m == nil {
 			continue
 		}
@@ -321,7 +321,16 @@ func (sh *sharing) download(ctx context.Context, req upstream.Request, known *up
 		}
 		return sh.own(ctx, req)
 	}
-	f := newFlight(sh, k, req)
+	// A read for readers that fell behind together starts at the lowest
+	// of them, so that the others ride it too.
+	fr := req
+	if from < req.Offset && !req.Growing {
+		fr.Offset = from
+		if req.Limit > 0 {
+			fr.Limit += req.Offset - from
+		}
+	}
+	f := newFlight(sh, k, fr)
 	l.flights = append([]*flight{f}, l.flights...)
 	if len(l.flights) > maxFlights {
 		// The oldest goes on for its members; newcomers ride the others.
@@ -329,7 +338,7 @@ func (sh *sharing) download(ctx context.Context, req upstream.Request, known *up
 		l.flights = l.flights[:maxFlights]
 	}
 	sh.mu.Unlock()
-	return f.open(ctx, id)
+	return f.open(ctx, id, req)
 }
 
 // own reads the log with the caller's own request, not shared.
