@@ -19,8 +19,8 @@ type member struct {
 	detached bool // it reads on its own (own) from pos
 	// from is, once detached, the lowest position of the members that
 	// detached with it: a read it starts starts there, for them too.
-	from int64
-	waiting  bool // a Read waits for the flight's next bytes
+	from    int64
+	waiting bool // a Read waits for the flight's next bytes
 	// lagSince is when it was first found in the lower half of a full
 	// window that another member waits past; zero when it is not there.
 	lagSince time.Time
