@@ -61,5 +61,5 @@ func TestPythonClient(t *testing.T) {
 	if exec.Command("/usr/bin/python3", "-c", "import grpc, google.protobuf, pytest").Run() != nil {
 		missing(t, "Debian's python3-grpcio, python3-protobuf and python3-pytest are not installed")
 	}
-	run(t, testbed(t), "python", "/usr/bin/python3", "-m", "pytest", "-q", "tests")
+	run(t, testbed(t), "python", "/usr/bin/python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
 }
