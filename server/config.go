@@ -48,9 +48,7 @@ type Config struct {
 	// SharedReads makes concurrent readers of one log share upstream
 	// reads: followers share polls, downloads ride a read in flight. Each
 	// caller's access is still proven by an upstream answer to a request
-	// of its own, at most SharedReauthorize old. Off by default for now:
-	// with it on, many slow readers of one log hold more memory than the
-	// memory targets allow (bench/README.md).
+	// of its own, at most SharedReauthorize old. On by default.
 	SharedReads       bool
 	SharedReauthorize time.Duration
 	// ShutdownTimeout is how long in-flight downloads may run on after
@@ -115,7 +113,7 @@ func DefaultConfig() Config {
 		CallerIdleTimeout:       5 * time.Minute,
 		FollowPollInterval:      service.DefaultFollowPollInterval,
 		FollowMaxDuration:       service.DefaultFollowMaxDuration,
-		SharedReads:             false, // see README: Shared reads (memory)
+		SharedReads:             true,
 		SharedReauthorize:       service.DefaultSharedReauthorize,
 		ShutdownTimeout:         30 * time.Second,
 		UpstreamConnectTimeout:  upstream.DefaultConnectTimeout,
