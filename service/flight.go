@@ -186,8 +186,16 @@ func (f *flight) join(req upstream.Request, proven bool, now time.Time, spread i
 	}
 	low := f.win.held(f.head)
 	high := f.head
-	if !f.growing && f.rerr == nil {
+	switch {
+	case f.rerr != nil:
+	case !f.growing:
 		high += int64(f.sh.firstWindow)*int64(f.sh.chunk) + spread
+	case !f.answered():
+		// A follower further on than this poll's start rides it too,
+		// if its answer shows the log reaching that far (admit).
+		high = math.MaxInt64
+	case f.log.Size >= 0:
+		high = max(high, f.log.Size)
 	}
 	if req.Offset < low || req.Offset > high {
 		return nil, nil

@@ -407,7 +407,8 @@ func (sh *sharing) admit(ctx context.Context, k logKey, id tokenID, m *member, p
 		m.Close()
 		return nil, ctx.Err()
 	}
-	if f.err != nil || f.unshared || ref != nil && !f.growing && (ref.Size != f.log.Size || ref.Version() != f.log.Version()) {
+	if f.err != nil || f.unshared || ref != nil && !f.growing && (ref.Size != f.log.Size || ref.Version() != f.log.Version()) ||
+		f.growing && m.req.Offset > f.start && (f.log.Size < 0 || m.req.Offset > f.log.Size) {
 		m.Close()
 		return nil, nil
 	}
