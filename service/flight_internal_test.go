@@ -277,3 +277,55 @@ func TestSharedNoDetachAtTheEnd(t *testing.T) {
 		t.Errorf("a, at 4096 with [4096, %d) all in the %d-byte window, was detached at the end; it made %d more upstream requests", size, ring, len(g.reqs)-before)
 	}
 }
+
+// A follower further on than a poll in flight rides it, once the poll's
+// answer shows the log reaching its offset; one past the log's end polls
+// on its own.
+func TestSharedFollowerRidesAnEarlierPoll(t *testing.T) {
+	const size = 4 * rchunk // the widest window of two members: nobody detaches
+	g := newGated(size, 0)
+	sh := newTestSharing(g)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	follow := func(tok string, off int64) upstream.Request {
+		r := req(tok, off)
+		r.Growing = true
+		return r
+	}
+	a, err := sh.DownloadTaskLog(ctx, follow("a", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Body.Close()
+	b, err := sh.DownloadTaskLog(ctx, follow("b", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Body.Close()
+	if !isShared(b.Body) || b.Body.(*member).f != a.Body.(*member).f {
+		t.Fatal("b, at 1000 of a log of 4096, did not ride a's poll from 0")
+	}
+	c, err := sh.DownloadTaskLog(ctx, follow("c", size+100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Body.Close()
+	g.setAllow(size)
+	if bad := readCheck(t, b.Body, 1000, size-1000); bad >= 0 {
+		t.Fatalf("b got a wrong byte at %d", bad)
+	}
+	if bad := readCheck(t, a.Body, 0, size); bad >= 0 {
+		t.Fatalf("a got a wrong byte at %d", bad)
+	}
+	polls := 0
+	g.mu.Lock()
+	for _, r := range g.reqs {
+		if r.Limit != 1 {
+			polls++
+		}
+	}
+	g.mu.Unlock()
+	if polls != 2 {
+		t.Errorf("%d log polls, want 2: a's (which b rides) and c's own, past the log's end", polls)
+	}
+}
