@@ -48,7 +48,7 @@ type Server struct {
 	httpLn     net.Listener
 	grpcServer *grpc.Server
 	httpServer *http.Server
-	restCalls  sync.WaitGroup // REST requests being served
+	restCalls  restCalls // REST requests being served
 	health     *health.Server
 	upstream   *upstream.Client
 	svc        *service.Service
@@ -161,8 +161,11 @@ func (s *Server) restHandler(tr tracing, mirror http.Handler) http.Handler {
 		}).Handler(h)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.restCalls.Add(1)
-		defer s.restCalls.Done()
+		if !s.restCalls.enter() {
+			shuttingDown.WriteREST(w, shuttingDown.HTTPStatus())
+			return
+		}
+		defer s.restCalls.leave()
 		if !holdIfCutOff(w, r) {
 			h.ServeHTTP(w, r)
 		}
@@ -244,7 +247,7 @@ func (s *Server) shutdown() {
 		if err := s.httpServer.Shutdown(ctx); err != nil {
 			s.httpServer.Close() // cancels the requests still running
 		}
-		s.restCalls.Wait()
+		s.restCalls.closeAndWait()
 	})
 	wg.Go(func() {
 		stopped := make(chan struct{})
