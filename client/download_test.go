@@ -183,6 +183,39 @@ func TestDownloadScripted(t *testing.T) {
 			wantReqs:  [][2]int64{{0, 0}},
 		},
 		{
+			name: "a resumed call OK without a message",
+			req:  &buildlogv1.DownloadTaskLogRequest{},
+			steps: []step{
+				{msgs: []*buildlogv1.DownloadTaskLogResponse{chunk(0, 100, sized(300))}, end: ended(codes.Unavailable, api.ReasonUpstreamInterrupted, 100)},
+				{},
+			},
+			want:      text[:100],
+			wantProto: true,
+			wantReqs:  [][2]int64{{0, 0}, {100, 0}},
+		},
+		{
+			name: "a resumed call OK before the size the first announced",
+			req:  &buildlogv1.DownloadTaskLogRequest{},
+			steps: []step{
+				{msgs: []*buildlogv1.DownloadTaskLogResponse{chunk(0, 100, sized(300))}, end: ended(codes.Unavailable, api.ReasonUpstreamInterrupted, 100)},
+				{msgs: []*buildlogv1.DownloadTaskLogResponse{chunk(100, 200, nil)}},
+			},
+			want:      text[:200],
+			wantProto: true,
+			wantReqs:  [][2]int64{{0, 0}, {100, 0}},
+		},
+		{
+			name: "a resumed call announcing another size",
+			req:  &buildlogv1.DownloadTaskLogRequest{},
+			steps: []step{
+				{msgs: []*buildlogv1.DownloadTaskLogResponse{chunk(0, 100, sized(300))}, end: ended(codes.Unavailable, api.ReasonUpstreamInterrupted, 100)},
+				{msgs: []*buildlogv1.DownloadTaskLogResponse{chunk(100, 200, sized(200))}},
+			},
+			want:      text[:100],
+			wantProto: true,
+			wantReqs:  [][2]int64{{0, 0}, {100, 0}},
+		},
+		{
 			name: "a followed stream OK before the action finished",
 			req:  &buildlogv1.DownloadTaskLogRequest{Follow: true},
 			steps: []step{

@@ -234,7 +234,11 @@ type download struct {
 	offset int64 // where the range starts
 	end    int64 // where it ends, -1 for the end of the log
 	pos    int64 // where the bytes written end
-	res    Result
+	// total is the log's size as a call's metadata last gave it, across
+	// calls: a resumed call that says nothing of it (or ends early) is
+	// still held to it. nil while none gave it (a followed log).
+	total *int64
+	res   Result
 }
 
 // call makes one DownloadTaskLog call from the log offset from (at most
@@ -257,7 +261,6 @@ func (d *download) call(ctx context.Context, from int64) (progress bool, err err
 		return false, err
 	}
 	start, next := d.pos, from
-	var total *int64
 	received, finished := false, false
 	for {
 		msg, err := stream.Recv()
@@ -269,7 +272,13 @@ func (d *download) call(ctx context.Context, from int64) (progress bool, err err
 		}
 		received = true
 		if md := msg.GetMetadata(); md != nil {
-			d.res.Metadata, total = md, md.TotalSize
+			if t := md.TotalSize; t != nil && d.total != nil && *t != *d.total {
+				return d.pos > start, fmt.Errorf("the log was %d bytes long and a resumed call says %d: %w", *d.total, *t, ErrProtocol)
+			}
+			if md.TotalSize != nil {
+				d.total = md.TotalSize
+			}
+			d.res.Metadata = md
 			if d.o.onMetadata != nil {
 				d.o.onMetadata(md)
 			}
@@ -284,10 +293,12 @@ func (d *download) call(ctx context.Context, from int64) (progress bool, err err
 	}
 	progress = d.pos > start
 	switch {
+	case !received:
+		return progress, fmt.Errorf("the stream ended OK without a message (the first one carries the log's metadata): %w", ErrProtocol)
 	case d.pos == d.end:
 		return progress, nil
-	case total != nil && d.pos != rangeEnd(*total, d.end):
-		return progress, fmt.Errorf("the stream ended OK at offset %d, the range ends at %d: %w", d.pos, rangeEnd(*total, d.end), ErrProtocol)
+	case d.total != nil && d.pos != rangeEnd(*d.total, d.end):
+		return progress, fmt.Errorf("the stream ended OK at offset %d, the range ends at %d: %w", d.pos, rangeEnd(*d.total, d.end), ErrProtocol)
 	case req.GetFollow() && !finished:
 		return progress, fmt.Errorf("the followed stream ended OK at offset %d before the action finished: %w", d.pos, ErrProtocol)
 	}
