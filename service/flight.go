@@ -33,6 +33,11 @@ type flight struct {
 	// reserve is how far past start its first member reads from: the
 	// window holds that much at least, for the readers between.
 	reserve int64
+	// awaited is how many of the readers it was started for (a group
+	// that fell behind another read together) have yet to join: until
+	// they have, or the window is full at its widest, it keeps what it
+	// read from its start, where the lowest of them is.
+	awaited int
 
 	// ready is closed once the upstream answered the request; err, log,
 	// unshared and cancel are set before.
@@ -216,6 +221,7 @@ func (f *flight) join(req upstream.Request, proven bool, now time.Time, spread i
 	}
 	m := &member{f: f, req: req, pos: req.Offset}
 	f.members[m] = struct{}{}
+	f.awaited = max(f.awaited-1, 0)
 	return nil, m
 }
 
@@ -299,61 +305,46 @@ var errAbandoned = errors.New("the shared read was abandoned")
 // attached. The caller holds f.mu.
 func (f *flight) low() int64 {
 	lo := f.head
+	if f.awaited > 0 {
+		lo = f.start
+	}
 	for m := range f.members {
 		lo = min(lo, m.pos)
 	}
 	return lo
 }
 
-// detachGrace is how long a member may stay in the lower half of a full
-// window that another member waits past before it detaches: readers of
-// one pace drift back and forth (a descheduled goroutine, a busy
-// connection) and stay; a slower reader goes on by itself before the
-// window grows large for it.
-const detachGrace = 500 * time.Millisecond
-
-// lagging handles a full window that a member waits past: the members in
-// its lower half that stayed there for detachGrace detach, or else the
-// window widens, or else, at its widest, they all detach at once. The
-// caller holds f.mu.
+// lagging handles a full window that a member waits past: the window
+// widens, up to memberWindow chunks a member (the readers of one log at
+// two paces, REST and gRPC, a busy connection, stay together within what
+// each may cost); at its widest, the members in its lower half, and the
+// lowest, detach, together: they ride one read from the lowest of them.
+// The caller holds f.mu.
 func (f *flight) lagging() {
-	now, w, lo := time.Now(), f.win.size(), f.low()
-	behind := func(m *member) bool { return m.pos < f.head-w/2 }
+	if f.widen() {
+		return
+	}
+	if f.awaited > 0 {
+		f.awaited = 0 // those still awaited are slower than its window: they read on their own
+		return
+	}
+	lo, half := f.low(), f.head-f.win.size()/2
 	var group []*member
 	for m := range f.members {
-		switch {
-		case !behind(m):
-			m.lagSince = time.Time{}
-		case m.lagSince.IsZero():
-			m.lagSince = now
-		case now.Sub(m.lagSince) >= detachGrace:
+		if m.pos < half || m.pos == lo {
 			group = append(group, m)
 		}
 	}
-	if len(group) == 0 && f.widen() {
-		return
-	}
-	if len(group) == 0 {
-		for m := range f.members {
-			if behind(m) || m.pos == lo {
-				group = append(group, m)
-			}
-		}
-	}
-	from := f.head
-	for _, m := range group {
-		from = min(from, m.pos)
-	}
 	for _, m := range group {
 		f.detach(m)
-		m.from = from
+		m.from, m.group = lo, len(group)
 	}
 }
 
 // widen doubles the window unless it is at its bound: memberWindow a
 // member (or the first window), at most maxWindow. The caller holds f.mu.
 func (f *flight) widen() bool {
-	limit := min(f.sh.maxWindow, max(len(f.members)*f.sh.memberWindow, f.sh.firstWindow))
+	limit := min(f.sh.maxWindow, max((len(f.members)+f.awaited)*f.sh.memberWindow, f.sh.firstWindow))
 	if f.end != math.MaxInt64 {
 		limit = min(limit, int((f.end-f.start+f.win.block-1)/f.win.block))
 	}

@@ -329,3 +329,63 @@ func TestSharedFollowerRidesAnEarlierPoll(t *testing.T) {
 		t.Errorf("%d log polls, want 2: a's (which b rides) and c's own, past the log's end", polls)
 	}
 }
+
+// Readers that fall behind a read together ride one read of their own,
+// started at the lowest of them, whichever of them asks first: the read
+// keeps its bytes from there until the others join.
+func TestSharedGroupThatFellBehindRidesOneRead(t *testing.T) {
+	const size = 64 << 10
+	g := newGated(size, size)
+	sh := newTestSharing(g)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func(tok string) io.ReadCloser {
+		log, err := sh.DownloadTaskLog(ctx, req(tok, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { log.Body.Close() })
+		return log.Body
+	}
+	a, b, c := open("a"), open("b"), open("c")
+	if bad := readCheck(t, b, 0, rchunk); bad >= 0 {
+		t.Fatal(bad)
+	}
+	if bad := readCheck(t, c, 0, 2*rchunk); bad >= 0 {
+		t.Fatal(bad)
+	}
+	// a reads it all: b and c, far behind, detach together.
+	if bad := readCheck(t, a, 0, size); bad >= 0 {
+		t.Fatal(bad)
+	}
+	reads := func() (n int) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, r := range g.reqs {
+			if r.Limit != 1 { // not a probe
+				n++
+			}
+		}
+		return n
+	}
+	before := reads()
+	// c, further on, asks first and reads on, within what the two of
+	// them may hold.
+	if bad := readCheck(t, c, 2*rchunk, 2*rchunk); bad >= 0 {
+		t.Fatal(bad)
+	}
+	// Then both read on at one pace, b catching up first.
+	if bad := readCheck(t, b, rchunk, 3*rchunk); bad >= 0 {
+		t.Fatal(bad)
+	}
+	for off := int64(4 * rchunk); off < size; off += rchunk {
+		for _, r := range []io.Reader{b, c} {
+			if bad := readCheck(t, r, off, rchunk); bad >= 0 {
+				t.Fatal(bad)
+			}
+		}
+	}
+	if n := reads() - before; n != 1 {
+		t.Errorf("b and c, behind a together, made %d upstream reads after it, want 1", n)
+	}
+}

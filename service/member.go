@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"io"
-	"time"
 
 	"github.com/buildlog/buildlog/upstream"
 )
@@ -18,14 +17,13 @@ type member struct {
 	// Guarded by f.mu.
 	detached bool // it reads on its own (own) from pos
 	// from is, once detached, the lowest position of the members that
-	// detached with it: a read it starts starts there, for them too.
+	// detached with it, and group how many they are: a read it starts
+	// starts there, and keeps what it reads for them until they join.
 	from    int64
+	group   int
 	waiting bool // a Read waits for the flight's next bytes
-	// lagSince is when it was first found in the lower half of a full
-	// window that another member waits past; zero when it is not there.
-	lagSince time.Time
-	done     bool // its download's request ended (ctx)
-	closed   bool
+	done    bool // its download's request ended (ctx)
+	closed  bool
 
 	ctx      context.Context
 	stopWake func() bool
@@ -65,9 +63,6 @@ func (m *member) Read(p []byte) (int, error) {
 			return m.readOwn(p)
 		case m.pos < f.head:
 			n := m.copy(p)
-			if m.pos >= f.head-f.win.size()/2 {
-				m.lagSince = time.Time{} // it caught up
-			}
 			f.room.Signal()
 			f.mu.Unlock()
 			if !m.owner {
@@ -124,7 +119,7 @@ func (m *member) readOwn(p []byte) (int, error) {
 		}
 		// Through the sharing again: the readers that fell behind
 		// together ride one read, the first one's, each proven anew.
-		log, err := m.f.sh.download(m.ctx, req, m.f.log, min(m.from, m.pos))
+		log, err := m.f.sh.download(m.ctx, req, m.f.log, min(m.from, m.pos), max(m.group, 1))
 		if err != nil {
 			return 0, err
 		}

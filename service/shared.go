@@ -291,13 +291,15 @@ type asking struct {
 // DownloadTaskLog rides the log's read in flight when it can, and reads
 // on its own otherwise, its read becoming the one later callers ride.
 func (sh *sharing) DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error) {
-	return sh.download(ctx, req, nil, req.Offset)
+	return sh.download(ctx, req, nil, req.Offset, 1)
 }
 
 // download is DownloadTaskLog for a caller that may already know the log
 // (known: an answer it was admitted to): proven, it then joins a read of
-// the same log without a probe of its own.
-func (sh *sharing) download(ctx context.Context, req upstream.Request, known *upstream.Log, from int64) (*upstream.Log, error) {
+// the same log without a probe of its own. A caller that fell behind
+// another read with others (group of them, the lowest at from) starts,
+// when it is the first of them here, the read they all ride.
+func (sh *sharing) download(ctx context.Context, req upstream.Request, known *upstream.Log, from int64, group int) (*upstream.Log, error) {
 	if req.Limit > 0 && req.Limit <= sh.minShared {
 		return sh.own(ctx, req) // a probe (REST HEAD) or a small range: nothing to share
 	}
@@ -331,6 +333,9 @@ func (sh *sharing) download(ctx context.Context, req upstream.Request, known *up
 		}
 	}
 	f := newFlight(sh, k, fr)
+	if !fr.Growing {
+		f.awaited = group - 1
+	}
 	l.flights = append([]*flight{f}, l.flights...)
 	if len(l.flights) > maxFlights {
 		// The oldest goes on for its members; newcomers ride the others.
