@@ -8,6 +8,7 @@ then an ending with a google.rpc.Status like buildlogd's.
 """
 
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -145,6 +146,28 @@ CASES = [
      [([], ended(R, "UPSTREAM_THROTTLED"))], b"", R, [(0, 0)]),
     ("a deadline that is not the follow limit is final", {"follow": True},
      [([], ended(D, "DEADLINE_EXCEEDED"))], b"", D, [(0, 0)]),
+    ("a resumed call OK without a message", {},
+     [([chunk(0, 100, 300)], ended(U, "UPSTREAM_INTERRUPTED", 100)), ([], None)],
+     TEXT[:100], "proto", [(0, 0), (100, 0)]),
+    ("a resumed call OK before the size the first announced", {},
+     [([chunk(0, 100, 300)], ended(U, "UPSTREAM_INTERRUPTED", 100)), ([chunk(100, 200)], None)],
+     TEXT[:200], "proto", [(0, 0), (100, 0)]),
+    ("a resumed call announcing another size", {},
+     [([chunk(0, 100, 300)], ended(U, "UPSTREAM_INTERRUPTED", 100)), ([chunk(100, 200, 200)], None)],
+     TEXT[:100], "proto", [(0, 0), (100, 0)]),
+    ("a resumed call without the size, complete", {},
+     [([chunk(0, 100, 300)], ended(U, "UPSTREAM_INTERRUPTED", 100)), ([chunk(100, 300)], None)],
+     TEXT[:300], None, [(0, 0), (100, 0)]),
+    ("data past the announced size", {}, [([chunk(0, 100, 300), chunk(100, 400)], None)],
+     TEXT[:100], "proto", [(0, 0)]),
+    ("a followed finished log announcing another size after a resume", {"follow": True},
+     [([chunk(0, 100, 300)], ended(D, "FOLLOW_TIME_LIMIT", 100)),
+      ([chunk(100, 200, 200), buildlog_pb2.DownloadTaskLogResponse(offset=200, action=FINISHED)], None)],
+     TEXT[:100], "proto", [(0, 0), (100, 0)]),
+    ("a followed log whose size is known once its action finished", {"follow": True},
+     [([chunk(0, 100)], ended(D, "FOLLOW_TIME_LIMIT", 100)),
+      ([chunk(100, 250, 250), buildlog_pb2.DownloadTaskLogResponse(offset=250, action=FINISHED)], None)],
+     TEXT[:250], None, [(0, 0), (100, 0)]),
     ("the log changed", {},
      [([chunk(0, 10)], ended(grpc.StatusCode.ABORTED, "LOG_CHANGED", 0))], TEXT[:10], grpc.StatusCode.ABORTED, [(0, 0)]),
 ]
@@ -193,6 +216,96 @@ def test_calls_without_progress_in_a_row(scripted):
         stream.read()
     assert ei.value.code == U and ei.value.reason == "UPSTREAM_UNREACHABLE"
     assert stream.calls == 4 == ei.value.calls
+
+
+def test_a_callback_error_fails_the_stream_for_good(scripted):
+    """An on_reconnect that raises ends the download: later reads raise too,
+    never a normal end with a short log."""
+    server, client = scripted(([chunk(0, 100, 300)], ended(U, "UPSTREAM_INTERRUPTED", 100)),
+                              ([chunk(100, 300)], None))
+
+    def on_reconnect(r):
+        if len(server.requests) == 1:
+            raise RuntimeError("boom")
+
+    stream = client.download("r" * 36, "stage1", on_reconnect=on_reconnect)
+    assert next(stream) == TEXT[:100]
+    with pytest.raises(RuntimeError):
+        next(stream)
+    for _ in range(2):
+        with pytest.raises(BuildLogError) as ei:
+            stream.read()
+        assert ei.value.reason == "DOWNLOAD_FAILED" and ei.value.offset == 100
+        assert isinstance(ei.value.__cause__, RuntimeError)
+    with pytest.raises(BuildLogError):
+        list(stream)
+    assert not stream.done and stream.written == 100 and len(server.requests) == 1
+
+
+def test_an_on_action_error_fails_the_stream_for_good(scripted):
+    running = buildlog_pb2.ActionState(finished=False, status="running")
+    server, client = scripted(([buildlog_pb2.DownloadTaskLogResponse(offset=0, action=running), chunk(0, 10)],
+                               ended(U, "FOLLOW_INTERRUPTED", 0)))
+
+    def on_action(a):
+        raise ValueError("no")
+
+    stream = client.follow("r" * 36, "stage1", on_action=on_action)
+    with pytest.raises(ValueError):
+        stream.read()
+    with pytest.raises(BuildLogError) as ei:
+        next(stream)
+    assert ei.value.reason == "DOWNLOAD_FAILED" and not stream.done
+
+
+@pytest.mark.parametrize("when", ["in_the_pause", "in_on_reconnect"])
+def test_close_before_a_reconnect_is_cancelled(scripted, when):
+    """Client.close() while a download waits to reconnect: it ends with
+    CANCELLED, not grpc's ValueError of a closed channel."""
+    server, fast = scripted(([], ended(U, "UPSTREAM_UNREACHABLE")))
+    client = Client(fast.address, "t", min_backoff=0.4, max_backoff=0.4)
+    timer = None
+    if when == "in_the_pause":
+        def on_reconnect(r):
+            nonlocal timer
+            timer = threading.Timer(0.05, client.close)
+            timer.start()
+    else:
+        def on_reconnect(r):
+            client.close()
+    stream = client.download("r" * 36, "stage1", on_reconnect=on_reconnect)
+    try:
+        with pytest.raises(BuildLogError) as ei:
+            stream.read()
+    finally:
+        if timer is not None:
+            timer.join()
+        client.close()
+    assert ei.value.code == grpc.StatusCode.CANCELLED and ei.value.reason == "CLIENT_CLOSED"
+    assert "the client was closed" in ei.value.message
+    assert stream.calls == 1 and len(server.requests) == 1
+    with pytest.raises(BuildLogError) as again:
+        stream.read()
+    assert again.value is ei.value
+
+
+def test_a_followed_call_ended_with_nothing_new_pauses(scripted):
+    """A followed call ended regularly is progress (the budget is reset),
+    yet with no new bytes the next call waits min_backoff: a server that
+    ends every call at once makes no tight loop."""
+    running = buildlog_pb2.ActionState(finished=False, status="running")
+    idle = ([buildlog_pb2.DownloadTaskLogResponse(offset=0, action=running)], ended(U, "FOLLOW_INTERRUPTED", 0))
+    last = ([chunk(0, 10), buildlog_pb2.DownloadTaskLogResponse(offset=10, action=FINISHED)], None)
+    server, fast = scripted(idle, idle, idle, idle, last)
+    reconnects = []
+    with Client(fast.address, "t", min_backoff=0.05, max_backoff=0.1) as client:
+        stream = client.follow("r" * 36, "stage1", max_retries=1, on_reconnect=reconnects.append)
+        t0 = time.monotonic()
+        assert stream.read() == TEXT[:10]
+        elapsed = time.monotonic() - t0
+    assert stream.calls == 5 and [r.failures for r in reconnects] == [0, 0, 0, 0]
+    assert all(r.delay >= 0.05 for r in reconnects)
+    assert elapsed >= 4 * 0.05
 
 
 def test_metadata_and_routing_key_are_sent(scripted):

@@ -21,7 +21,7 @@ import grpc
 
 from buildlog.v1 import buildlog_pb2 as _buildlog_pb2
 
-from ._errors import BuildLogError
+from ._errors import CLIENT_DOMAIN, BuildLogError
 
 __all__ = [
     "Client", "LogStream", "LogLevel", "LogMetadata", "ActionState", "Reconnect",
@@ -190,7 +190,9 @@ class Client:
         max_retries: How many calls in a row may end without progress before
             a download gives up; 0 turns reconnecting off.
         min_backoff: The pause before the first reconnect after a failed
-            call, in seconds, doubled for each further failure in a row.
+            call, in seconds, doubled for each further failure in a row;
+            also the pause before a reconnect after a followed call that
+            the server ended regularly with no new bytes.
         max_backoff: The longest pause, in seconds.
 
     A Client may be shared by threads; each download (a :class:`LogStream`)
@@ -234,6 +236,7 @@ class Client:
         self.max_retries = max(int(max_retries), 0)
         self.min_backoff = max(float(min_backoff), 0.0)
         self.max_backoff = max(float(max_backoff), self.min_backoff)
+        self._closed = False
         self._download = self._channel.unary_stream(
             _METHOD,
             request_serializer=buildlog_pb2.DownloadTaskLogRequest.SerializeToString,
@@ -248,8 +251,10 @@ class Client:
 
     def close(self) -> None:
         """Closes the channel, if the Client made it. Downloads still
-        running end with CANCELLED."""
+        running end with CANCELLED, also those pausing before a reconnect
+        (when the pause is over)."""
         if self._owns_channel:
+            self._closed = True
             self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -279,7 +284,10 @@ class Client:
         Nothing is sent until the stream is iterated or its metadata is
         read. The concatenated chunks are the requested range of the log,
         byte for byte: iteration ends normally only once the whole range
-        arrived; every other ending raises :class:`BuildLogError`.
+        arrived; every other ending raises :class:`BuildLogError`. An
+        exception from a callback (``on_reconnect``, ``on_action``) ends
+        the download: it is raised to the iterating thread, and every later
+        read raises a BuildLogError saying the download failed.
 
         After an ending that :func:`retryable` accepts (the server or the
         upstream unavailable or interrupted, a restart, the server's follow
@@ -327,7 +335,8 @@ class Client:
             self._channel, self._download, record_id, task_name, _level(level), offset, limit, follow,
             tuple(md), timeout,
             self.max_retries if max_retries is None else max(int(max_retries), 0),
-            self.min_backoff, self.max_backoff, on_reconnect, on_action)
+            self.min_backoff, self.max_backoff, on_reconnect, on_action,
+            client_closed=lambda: self._closed)
 
     def follow(self, record_id: str, task_name: str, **kwargs: Any) -> "LogStream":
         """Follows a build action's log while the action runs, as
@@ -350,18 +359,21 @@ class LogStream(Iterator[bytes]):
 
     Iterating it makes the DownloadTaskLog calls; it ends normally only once
     the whole range was delivered and raises :class:`BuildLogError`
-    otherwise. Reading :attr:`metadata` (or ``total_size``, ``file_name``,
-    ``content_type``, ``request_id``) before iterating waits for the first
-    message. Use it as a context manager, or call :meth:`close`, to end a
-    download early.
+    otherwise (or the exception a callback raised). Once it raised, every
+    later read raises again: a failed download never ends normally. Reading
+    :attr:`metadata` (or ``total_size``, ``file_name``, ``content_type``,
+    ``request_id``) before iterating waits for the first message. Use it as
+    a context manager, or call :meth:`close`, to end a download early.
     """
 
     def __init__(self, channel: Optional[grpc.Channel], method: Any, record_id: str, task_name: str, level: LogLevel,
                  offset: int, limit: int, follow: bool, metadata: Tuple[Tuple[str, str], ...],
                  timeout: Optional[float], max_retries: int, min_backoff: float,
                  max_backoff: float, on_reconnect: Optional[Callable[[Reconnect], None]],
-                 on_action: Optional[Callable[[ActionState], None]]) -> None:
+                 on_action: Optional[Callable[[ActionState], None]], *,
+                 client_closed: Optional[Callable[[], bool]] = None) -> None:
         self._channel = channel
+        self._client_closed = client_closed
         self._method = method
         self.record_id = record_id
         self.task_name = task_name
@@ -379,6 +391,10 @@ class LogStream(Iterator[bytes]):
         self._pos = offset
         self._calls = 0
         self._metadata: Optional[LogMetadata] = None
+        # The log's size as a call's metadata last gave it, across calls: a
+        # resumed call that says nothing of it (or ends early) is still held
+        # to it. None while no call gave it (a follow of a running action).
+        self._total: Optional[int] = None
         self._action: Optional[ActionState] = None
         self._call: Any = None
         self._cancelled = threading.Event()
@@ -386,6 +402,9 @@ class LogStream(Iterator[bytes]):
         self._started = False
         self._pending: Optional[bytes] = None
         self._error: Optional[BuildLogError] = None
+        # An exception other than a BuildLogError that ended the download
+        # (a callback's, say): later reads raise a BuildLogError for it.
+        self._failure: Optional[BaseException] = None
         self._done = False
         self._closed = False
 
@@ -470,6 +489,8 @@ class LogStream(Iterator[bytes]):
         complete."""
         if self._error is not None:
             raise self._error
+        if self._failure is not None:
+            raise self._failed_error() from self._failure
         if self._closed:
             raise ValueError("the download was closed")
         self._started = True
@@ -482,6 +503,18 @@ class LogStream(Iterator[bytes]):
             e.offset, e.calls = self._pos, self._calls
             self._error = e
             raise
+        except BaseException as e:
+            # The generator is finished: were the stream iterated again, its
+            # StopIteration would pass for a complete range.
+            self._failure = e
+            raise
+
+    def _failed_error(self) -> BuildLogError:
+        e = BuildLogError(grpc.StatusCode.UNKNOWN,
+                          f"the download failed earlier, at offset {self._pos}: {self._failure!r}",
+                          reason="DOWNLOAD_FAILED", domain=CLIENT_DOMAIN)
+        e.offset, e.calls = self._pos, self._calls
+        return e
 
     def _prime(self) -> None:
         if self._started or self._closed:
@@ -535,6 +568,7 @@ class LogStream(Iterator[bytes]):
     def _run(self) -> Generator[bytes, None, None]:
         start, failures = self.offset, 0
         while True:
+            before = self._pos
             progress, err = yield from self._one_call(start)
             if err is None:
                 return
@@ -549,12 +583,19 @@ class LogStream(Iterator[bytes]):
             if failures > self._max_retries:
                 raise err
             delay = self._backoff(failures, err)
+            if progress and self._pos == before:
+                # A followed call the server ended regularly with no new
+                # bytes: progress, yet a server ending calls at once must
+                # not make a tight loop.
+                delay = max(delay, self._min_backoff)
             if self._deadline is not None and time.monotonic() + delay >= self._deadline:
                 raise BuildLogError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"the download's deadline passed; the last call ended with {err}",
                                     reason="DEADLINE_EXCEEDED", domain="buildlog_client")
             if self._on_reconnect is not None:
                 self._on_reconnect(Reconnect(err, start, delay, failures))
+            if self._is_client_closed():
+                raise self._closed_error()
             if delay > 0 and self._pause(delay):
                 raise _cancelled_error()
 
@@ -569,14 +610,19 @@ class LogStream(Iterator[bytes]):
         timeout = None
         if self._deadline is not None:
             timeout = max(self._deadline - time.monotonic(), 0.0)
+        try:
+            call = self._method(req, metadata=self._md, timeout=timeout)
+        except ValueError as e:
+            # grpc refuses a call on a closed channel with a ValueError.
+            if not self._is_client_closed() and "closed channel" not in str(e):
+                raise
+            raise self._closed_error() from e
         self._calls += 1
-        call = self._method(req, metadata=self._md, timeout=timeout)
         self._call = call
         if self._cancelled.is_set():
             call.cancel()
         before = self._pos
         nxt = start
-        total: Optional[int] = None
         received = finished = False
         try:
             try:
@@ -585,6 +631,11 @@ class LogStream(Iterator[bytes]):
                     if msg.HasField("metadata"):
                         m = msg.metadata
                         total = m.total_size if m.HasField("total_size") else None
+                        if total is not None and self._total is not None and total != self._total:
+                            raise BuildLogError.protocol(
+                                f"the log was {self._total} bytes long and a resumed call says {total}")
+                        if total is not None:
+                            self._total = total
                         self._metadata = LogMetadata(m.content_type, m.file_name, total, m.request_id)
                     if msg.HasField("action"):
                         a = msg.action
@@ -598,6 +649,9 @@ class LogStream(Iterator[bytes]):
                     if end >= 0 and nxt > end:
                         raise BuildLogError.protocol(
                             f"a message of {len(data)} bytes at offset {at}, past the range's end at {end}")
+                    if self._total is not None and nxt > self._total:
+                        raise BuildLogError.protocol(
+                            f"a message of {len(data)} bytes at offset {at}, past the log's end at {self._total}")
                     skip = self._pos - at
                     if skip > 0:
                         data = data[skip:]  # received before
@@ -610,10 +664,14 @@ class LogStream(Iterator[bytes]):
             self._call = None
             call.cancel()  # a call abandoned early is cancelled, not left open
         progress = self._pos > before
+        if not received:
+            raise BuildLogError.protocol(
+                f"the stream ended OK at offset {self._pos} without a message "
+                "(the first one carries the log's metadata)")
         if self._pos == end:
             return progress, None
-        if total is not None:
-            want = min(total, end) if end >= 0 else total
+        if self._total is not None:
+            want = min(self._total, end) if end >= 0 else self._total
             if self._pos != want:
                 raise BuildLogError.protocol(
                     f"the stream ended OK at offset {self._pos}, the range ends at {want}")
@@ -636,7 +694,8 @@ class LogStream(Iterator[bytes]):
         def watch(_: grpc.ChannelConnectivity) -> None:
             pass
         subscribed = False
-        if self._channel is not None:
+        # Not on a closed channel: its polling thread would fail.
+        if self._channel is not None and not self._is_client_closed():
             try:
                 self._channel.subscribe(watch, try_to_connect=False)
                 subscribed = True
@@ -646,7 +705,19 @@ class LogStream(Iterator[bytes]):
             return self._cancelled.wait(delay)
         finally:
             if subscribed:
-                self._channel.unsubscribe(watch)
+                try:
+                    self._channel.unsubscribe(watch)
+                except Exception:  # the channel was closed meanwhile
+                    pass
+
+    def _is_client_closed(self) -> bool:
+        return self._client_closed is not None and self._client_closed()
+
+    def _closed_error(self) -> BuildLogError:
+        what = "the client was closed" if self._is_client_closed() else "the channel was closed"
+        return BuildLogError(grpc.StatusCode.CANCELLED,
+                             f"{what}: no further call can be made, at offset {self._pos}",
+                             reason="CLIENT_CLOSED", domain=CLIENT_DOMAIN)
 
     def _set_action(self, a: ActionState) -> None:
         if a == self._action:
