@@ -46,16 +46,31 @@ export const DEFAULT_MAX_BACKOFF_MS = 5000;
  *
  * Iteration ends normally only once the whole range was delivered (and, for
  * a followed download, the action finished); any other ending throws a
- * {@link BuildLogError}. Breaking out of the loop cancels the call.
+ * {@link BuildLogError}, and so does every later read of the download
+ * (`metadata()` before one came, `next()`, `writeTo`, `bytes`): a download
+ * that failed never looks complete. Breaking out of the loop closes the
+ * download (see {@link LogDownload.close}).
  */
-export interface LogDownload extends AsyncIterable<Uint8Array> {
+export interface LogDownload extends AsyncIterable<Uint8Array>, AsyncDisposable {
   /**
    * Resolves with the metadata of the first call's first message (content
    * type, file name, total size when known), starting the download if it has
-   * not started; rejects with the download's error if it ends before one.
-   * The bytes read meanwhile are kept for the iteration.
+   * not started; rejects with the download's error if it ends before one
+   * (and then every later read rejects with the same error). The bytes read
+   * meanwhile are kept for the iteration.
    */
   metadata(): Promise<LogMetadata>;
+  /**
+   * Ends the download: cancels its open call (such as one that
+   * {@link LogDownload.metadata} opened and nothing iterated, which on a
+   * follow would keep the server polling the upstream) and makes no more.
+   * Every later read, and a read waiting now, rejects with a BuildLogError
+   * CANCELED, reason CLIENT_CLOSED (`metadata()` still resolves if the
+   * metadata had come). Idempotent; does nothing once the download ended,
+   * completed or failed. `[Symbol.asyncDispose]` does the same, for
+   * `await using` where the runtime and compiler support it.
+   */
+  close(): void;
   /** How far the download got so far; final once iteration ended. */
   readonly result: DownloadResult;
   /**
@@ -79,10 +94,13 @@ export interface BuildLogClient {
    * server restart, throttling) it calls again from the error's resumeOffset
    * (or the bytes received) with the remaining limit, pausing with backoff
    * after calls that made no progress, and gives up after `maxRetries` of
-   * them in a row. Each message's offset must be the next one, and a call
-   * that ends OK must have delivered the whole range when the log's size is
-   * known: else the download ends with a BuildLogError DATA_LOSS,
-   * CLIENT_PROTOCOL_ERROR.
+   * them in a row (after the server ended a followed call, it still pauses
+   * `minBackoffMs`). Each message's offset must be the next one, a call that
+   * ends OK must have sent a message and delivered the whole range when the
+   * log's size is known (from any call: the size is kept across
+   * reconnects), and a finished log's size may not change from call to call:
+   * else the download ends with a BuildLogError DATA_LOSS,
+   * CLIENT_PROTOCOL_ERROR. A negative offset or limit throws a RangeError.
    *
    * Without `req.follow` this is a snapshot: what the upstream holds now.
    *
@@ -106,7 +124,12 @@ export interface BuildLogClient {
   follow(req: DownloadRequest, opts?: DownloadOptions): LogDownload;
   /** The generated connect client, for calls the library does not wrap. */
   readonly service: Client<typeof BuildLogService>;
-  /** Closes the client's HTTP/2 connection; calls still open fail. */
+  /**
+   * Closes the client: every download still open ends with a BuildLogError
+   * CANCELED, reason CLIENT_CLOSED, and is not reconnected; downloads
+   * started later fail the same way; then the client's HTTP/2 connection is
+   * closed (a `transport` given in the options is left alone). Idempotent.
+   */
   close(): void;
 }
 
@@ -142,14 +165,29 @@ export function createBuildLogClient(options: ClientOptions): BuildLogClient {
     });
   }
   const service = createClient(BuildLogService, transport);
+  const state: ClientState = { closed: false, open: new Set() };
   const start = (req: DownloadRequest, opts: DownloadOptions | undefined, follow: boolean): LogDownload =>
-    new Download(service, options, req, opts ?? {}, follow);
+    new Download(service, state, options, req, opts ?? {}, follow);
   return {
     service,
     download: (req, opts) => start(req, opts, req.follow ?? false),
     follow: (req, opts) => start(req, opts, true),
-    close: () => session?.abort(),
+    close: () => {
+      if (!state.closed) {
+        state.closed = true;
+        const open = [...state.open];
+        state.open.clear();
+        for (const stop of open) stop(closedError("the client was closed"));
+      }
+      session?.abort();
+    },
   };
+}
+
+/** What a client's downloads share: whether it was closed, and how to stop those open. */
+interface ClientState {
+  closed: boolean;
+  open: Set<(err: BuildLogError) => void>;
 }
 
 type SessionManager = NonNullable<GrpcTransportOptions["sessionManager"]>;
@@ -214,11 +252,16 @@ function toCount(name: string, v: number | bigint | undefined): number {
   if (v === undefined) return 0;
   const n = typeof v === "bigint" ? Number(v) : v;
   if (!Number.isSafeInteger(n)) throw new TypeError(`${name} ${v}: must be a whole number of bytes`);
-  return n; // negative values are the server's INVALID_ARGUMENT
+  if (n < 0) throw new RangeError(`${name} ${v}: must not be negative`);
+  return n;
 }
 
 function protocolError(message: string): BuildLogError {
   return new BuildLogError({ code: Code.DataLoss, reason: Reason.CLIENT_PROTOCOL_ERROR, message: `the server broke the download protocol: ${message}` });
+}
+
+function closedError(message: string): BuildLogError {
+  return new BuildLogError({ code: Code.Canceled, reason: Reason.CLIENT_CLOSED, message });
 }
 
 function abortError(signal: AbortSignal): BuildLogError {
@@ -253,9 +296,8 @@ const EMPTY = new Uint8Array(0);
 interface CallState {
   req: ReturnType<typeof create<typeof DownloadTaskLogRequestSchema>>;
   ac: AbortController;
-  onAbort: () => void;
+  onStop: () => void;
   next: number; // the offset the next message must have
-  total: number | undefined; // the log's size, as this call's metadata said
   finished: boolean; // whether this call reported the action finished
   received: boolean; // whether this call got a message
 }
@@ -263,6 +305,7 @@ interface CallState {
 /** One download: the state of its calls, and the iteration over them. */
 class Download implements LogDownload {
   readonly #service: Client<typeof BuildLogService>;
+  readonly #client: ClientState;
   readonly #recordId: string;
   readonly #taskName: string;
   readonly #level: LogLevel;
@@ -277,9 +320,23 @@ class Download implements LogDownload {
   readonly #gen: AsyncGenerator<Uint8Array, void, undefined>;
   #pending: Uint8Array[] = [];
   #iterated = false;
+  // The log's size as the calls' metadata gave it, across calls (a resumed
+  // call that says nothing of it, or ends early, is still held to it), and
+  // whether it is a finished log's: a snapshot's, or a follow's whose action
+  // had finished. undefined while none gave it (a followed running action).
+  #total: number | undefined;
+  #totalFinal = false;
+  // Aborted when the download is stopped (#stopError says why): the
+  // caller's signal, close(), or the client's close(). It cancels the open
+  // call and the pause before a reconnect.
+  readonly #stopper = new AbortController();
+  #stopError: BuildLogError | undefined;
+  #complete = false; // the whole range was delivered
+  #error: BuildLogError | undefined; // how the download ended, for every later read
 
-  constructor(service: Client<typeof BuildLogService>, client: ClientOptions, req: DownloadRequest, opts: DownloadOptions, follow: boolean) {
+  constructor(service: Client<typeof BuildLogService>, clientState: ClientState, client: ClientOptions, req: DownloadRequest, opts: DownloadOptions, follow: boolean) {
     this.#service = service;
+    this.#client = clientState;
     this.#recordId = req.recordId;
     this.#taskName = req.taskName;
     this.#level = toLogLevel(req.logLevel);
@@ -318,8 +375,41 @@ class Download implements LogDownload {
     return this.#res.metadata;
   }
 
-  #next(): Promise<IteratorResult<Uint8Array, void>> {
-    return this.#gen.next();
+  close(): void {
+    if (this.#complete || this.#error) return;
+    this.#stop(closedError("the download was closed"));
+    this.#error ??= this.#fail(this.#stopError!);
+    // Ends the generator where it waits (a yield: its finally cancels the
+    // call), or after the read in flight, which the abort ends.
+    this.#gen.return(undefined).catch(() => {});
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
+  // Stops the download with err, unless it ended already.
+  #stop(err: BuildLogError): void {
+    if (this.#stopError || this.#complete || this.#error) return;
+    this.#stopError = err;
+    this.#stopper.abort(err);
+  }
+
+  // The next step of #gen; once the download failed (or was closed), its
+  // error again, however often it is asked.
+  async #next(): Promise<IteratorResult<Uint8Array, void>> {
+    if (this.#error) throw this.#error;
+    let r: IteratorResult<Uint8Array, void>;
+    try {
+      r = await this.#gen.next();
+    } catch (e) {
+      throw (this.#error ??= this.#fail(BuildLogError.from(e)));
+    }
+    if (r.done && !this.#complete) {
+      // Only close() ends #gen without completing it or throwing.
+      throw (this.#error ??= this.#fail(this.#stopError ?? protocolError("the download ended before its range was complete")));
+    }
+    return r;
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Uint8Array, void, undefined> {
@@ -332,12 +422,16 @@ class Download implements LogDownload {
         const p = this.#pending.shift();
         if (p !== undefined) return { done: false, value: p };
         for (;;) {
-          const r = await this.#gen.next();
+          const r = await this.#next();
           if (r.done || r.value.length > 0) return r;
         }
       },
-      // The caller broke out: cancel the open call.
-      return: async () => this.#gen.return(undefined),
+      // The caller broke out: close the download, cancelling the open call.
+      return: async () => {
+        this.close();
+        await this.#gen.return(undefined);
+        return { done: true, value: undefined };
+      },
     };
   }
 
@@ -402,43 +496,60 @@ class Download implements LogDownload {
   // generator layer costs a few µs per message).
   async *#run(): AsyncGenerator<Uint8Array, void, undefined> {
     const signal = this.#opts.signal;
-    let from = this.#offset;
-    let failures = 0;
-    for (;;) {
-      if (signal?.aborted) throw this.#fail(abortError(signal));
-      const start = this.#pos;
-      const c = this.#newCall(from);
-      let err: BuildLogError;
-      try {
+    const onAbort = () => this.#stop(abortError(signal!));
+    const stop = (err: BuildLogError) => this.#stop(err);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+    if (this.#client.closed) this.#stop(closedError("the client was closed"));
+    else this.#client.open.add(stop);
+    try {
+      let from = this.#offset;
+      let failures = 0;
+      for (;;) {
+        if (this.#stopError) throw this.#fail(this.#stopError);
+        const start = this.#pos;
+        const c = this.#newCall(from);
+        let err: BuildLogError;
         try {
-          const stream = this.#service.downloadTaskLog(c.req, { signal: c.ac.signal, headers: this.#headers });
-          for await (const msg of stream) {
-            const data = this.#accept(msg, c);
-            if (data !== undefined) yield data;
+          try {
+            const stream = this.#service.downloadTaskLog(c.req, { signal: c.ac.signal, headers: this.#headers });
+            for await (const msg of stream) {
+              const data = this.#accept(msg, c);
+              if (data !== undefined) yield data;
+              if (this.#stopError) throw this.#stopError;
+            }
+          } finally {
+            this.#stopper.signal.removeEventListener("abort", c.onStop);
+            c.ac.abort(); // a call abandoned for a protocol error, or by the caller, is cancelled
           }
-        } finally {
-          signal?.removeEventListener("abort", c.onAbort);
-          c.ac.abort(); // a call abandoned for a protocol error, or by the caller, is cancelled
+          this.#checkEnd(c);
+          this.#complete = true;
+          return;
+        } catch (e) {
+          // A call cancelled because the download was stopped ends with
+          // the reason it was stopped, not as a broken connection.
+          err = this.#stopError ?? fromCallError(e, false);
         }
-        this.#checkEnd(c);
-        return;
-      } catch (e) {
-        // The call's own signal is aborted only by the caller's (it is
-        // aborted above too, but after the stream ended).
-        err = signal?.aborted ? abortError(signal) : fromCallError(e, false);
+        const followEnd = c.received && followEnded(err);
+        const progress = this.#pos > start || followEnd;
+        if (!err.retryable || this.#opts.maxRetries === 0) throw this.#fail(err);
+        if (this.#pos === this.#end) {
+          this.#complete = true;
+          return; // the call failed after the range's last byte
+        }
+        from = this.#resumeOffset(err);
+        failures = progress ? 0 : failures + 1;
+        if (failures > this.#opts.maxRetries) throw this.#fail(err);
+        const delayMs = this.#backoff(failures, err, followEnd);
+        const r: Reconnect = { error: err, offset: from, delayMs, failures };
+        this.#opts.onReconnect?.(r);
+        await sleep(delayMs, this.#stopper.signal).catch(() => {
+          throw this.#fail(this.#stopError!);
+        });
       }
-      const progress = this.#pos > start || (c.received && followEnded(err));
-      if (!err.retryable || this.#opts.maxRetries === 0) throw this.#fail(err);
-      if (this.#pos === this.#end) return; // the call failed after the range's last byte
-      from = this.#resumeOffset(err);
-      failures = progress ? 0 : failures + 1;
-      if (failures > this.#opts.maxRetries) throw this.#fail(err);
-      const delayMs = this.#backoff(failures, err);
-      const r: Reconnect = { error: err, offset: from, delayMs, failures };
-      this.#opts.onReconnect?.(r);
-      await sleep(delayMs, signal).catch(() => {
-        throw this.#fail(abortError(signal!));
-      });
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      this.#client.open.delete(stop);
     }
   }
 
@@ -454,11 +565,10 @@ class Download implements LogDownload {
       follow: this.#follow,
     });
     const ac = new AbortController();
-    const signal = this.#opts.signal;
-    const onAbort = () => ac.abort(signal?.reason);
-    signal?.addEventListener("abort", onAbort, { once: true });
+    const onStop = () => ac.abort(); // an AbortError: connect resets the stream with CANCEL
+    this.#stopper.signal.addEventListener("abort", onStop, { once: true });
     this.#res.calls++;
-    return { req, ac, onAbort, next: from, total: undefined, finished: false, received: false };
+    return { req, ac, onStop, next: from, finished: false, received: false };
   }
 
   // Checks one message of call c and returns the bytes of it past #pos, or
@@ -469,8 +579,9 @@ class Download implements LogDownload {
     c.received = true;
     if (msg.metadata) {
       const md = toMetadata(msg.metadata);
+      // The action state comes on the same (first) message.
+      this.#setTotal(md.totalSize, msg.action?.finished ?? c.finished);
       this.#res.metadata = md;
-      c.total = md.totalSize;
       this.#opts.onMetadata?.(md);
     }
     if (msg.action) {
@@ -483,6 +594,9 @@ class Download implements LogDownload {
     if (this.#end >= 0 && at + data.length > this.#end) {
       throw protocolError(`a message of ${data.length} bytes at offset ${at}, past the range's end at ${this.#end}`);
     }
+    if (this.#totalFinal && at + data.length > this.#total!) {
+      throw protocolError(`a message of ${data.length} bytes at offset ${at}, past the log's end at ${this.#total}`);
+    }
     c.next += data.length;
     const skip = this.#pos - at;
     if (skip > 0) data = data.subarray(Math.min(skip, data.length)); // received before
@@ -494,12 +608,33 @@ class Download implements LogDownload {
     return first ? EMPTY : undefined;
   }
 
-  // Checks that call c, which ended OK, completed the range.
+  // Records the log's size t as a call's metadata gave it (finished: the
+  // call reported the action finished). A finished log's size (every
+  // snapshot's, and a follow's once the action finished) may not change
+  // from call to call, and no log's may shrink: a resumed call that says
+  // otherwise is of another log.
+  #setTotal(t: number | undefined, finished: boolean): void {
+    if (t === undefined) return;
+    const known = this.#total;
+    if (known !== undefined && (t < known || (this.#totalFinal && t !== known))) {
+      throw protocolError(`the log was ${known} bytes long and a resumed call says ${t}`);
+    }
+    if (!this.#totalFinal) {
+      this.#total = t;
+      this.#totalFinal = !this.#follow || finished;
+    }
+  }
+
+  // Checks that call c, which ended OK, completed the range: against the
+  // last size any call gave, not only c's.
   #checkEnd(c: CallState): void {
+    if (!c.received) throw protocolError("the stream ended OK without a message (the first one carries the log's metadata)");
     if (this.#pos === this.#end) return;
-    if (c.total !== undefined) {
-      const end = this.#end >= 0 ? Math.min(c.total, this.#end) : c.total;
-      if (this.#pos !== end) throw protocolError(`the stream ended OK at offset ${this.#pos}, the range ends at ${end}`);
+    if (this.#total !== undefined) {
+      const end = this.#end >= 0 ? Math.min(this.#total, this.#end) : this.#total;
+      if (this.#totalFinal ? this.#pos !== end : this.#pos < end) {
+        throw protocolError(`the stream ended OK at offset ${this.#pos}, the range ends at ${end}`);
+      }
     }
     if (this.#follow && !c.finished) {
       throw protocolError(`the followed stream ended OK at offset ${this.#pos} before the action finished`);
@@ -527,13 +662,16 @@ class Download implements LogDownload {
   }
 
   // The pause before a reconnect after `failures` calls in a row without
-  // progress, and at least the delay err's RetryInfo asks for.
-  #backoff(failures: number, err: BuildLogError): number {
+  // progress, and at least the delay err's RetryInfo asks for; after the
+  // server ended a followed call (followEnd), at least minBackoffMs, so that
+  // a server ending every call at once is not called in a busy loop.
+  #backoff(failures: number, err: BuildLogError, followEnd: boolean): number {
     let d = 0;
     if (failures > 0) {
       d = Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** (failures - 1));
       d = d / 2 + Math.random() * (d / 2);
     }
+    if (followEnd) d = Math.max(d, this.#opts.minBackoffMs);
     return Math.max(Math.round(d), err.retryDelayMs);
   }
 }

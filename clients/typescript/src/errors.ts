@@ -60,6 +60,12 @@ export const Reason = {
   CLIENT_PROTOCOL_ERROR: "CLIENT_PROTOCOL_ERROR",
   /** The client's own: the caller's AbortSignal ended the download. Code CANCELED. */
   CLIENT_ABORTED: "CLIENT_ABORTED",
+  /**
+   * The client's own: the download was closed ({@link LogDownload.close},
+   * or breaking out of its loop) or its client was
+   * ({@link BuildLogClient.close}). Code CANCELED; never retried.
+   */
+  CLIENT_CLOSED: "CLIENT_CLOSED",
   /** The client's own: the stream given to `writeTo` failed. Code UNKNOWN. */
   CLIENT_WRITE_FAILED: "CLIENT_WRITE_FAILED",
   /**
@@ -190,7 +196,7 @@ export class BuildLogError extends Error {
    * follow time limit (FOLLOW_TIME_LIMIT), and RESOURCE_EXHAUSTED with a
    * retry delay. Others, such as UNAUTHENTICATED, NOT_FOUND, OUT_OF_RANGE or
    * ABORTED (LOG_CHANGED: download again from the start), are final, and so
-   * are the caller's abort and the client's own protocol errors.
+   * are the caller's abort, a close and the client's own protocol errors.
    */
   get retryable(): boolean {
     switch (this.code) {

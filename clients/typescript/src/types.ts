@@ -17,9 +17,15 @@ export interface DownloadRequest {
    * or a {@link LogLevel} value.
    */
   logLevel?: LogLevel | "info" | "debug" | "INFO" | "DEBUG";
-  /** The byte position to start from; 0 (the default) is the log's beginning. */
+  /**
+   * The byte position to start from; 0 (the default) is the log's beginning.
+   * A negative one throws a RangeError (a fraction, a TypeError).
+   */
   offset?: number | bigint;
-  /** The largest number of bytes to return; 0 or unset: to the end of the log. */
+  /**
+   * The largest number of bytes to return; 0 or unset: to the end of the
+   * log. A negative one throws a RangeError (a fraction, a TypeError).
+   */
   limit?: number | bigint;
   /**
    * Follow the log while its action runs, as `tail -f` does (see
@@ -86,7 +92,8 @@ export interface Reconnect {
   /**
    * The calls in a row that ended without progress, the last one included;
    * 0 when the last call made progress (delivered new bytes, or was ended
-   * by the server as followed calls regularly are).
+   * by the server as followed calls regularly are: then the pause is still
+   * at least `minBackoffMs`).
    */
   failures: number;
 }
@@ -103,7 +110,8 @@ export interface RetryOptions {
    * The pause before the first reconnect after a failed call, in ms; each
    * further failure in a row doubles it, up to `maxBackoffMs`. Pauses are
    * jittered by up to half, and are at least the error's RetryInfo delay.
-   * Defaults 100 and 5000.
+   * A reconnect after the server ended a followed call (FOLLOW_TIME_LIMIT,
+   * FOLLOW_INTERRUPTED) pauses `minBackoffMs`. Defaults 100 and 5000.
    */
   minBackoffMs?: number;
   /** See `minBackoffMs`. */

@@ -2,7 +2,11 @@
 // (clients/testbed): run `npm test` after `npm ci` (which builds dist/).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createBuildLogClient, BuildLogError, Code, Reason, logKey, LogLevel } from "../dist/index.js";
+import { setTimeout as delay } from "node:timers/promises";
+import { Writable } from "node:stream";
+import { ConnectError, createRouterTransport } from "@connectrpc/connect";
+import { createBuildLogClient, BuildLogError, BuildLogService, Code, Reason, logKey, LogLevel } from "../dist/index.js";
+import { ErrorInfoSchema } from "../dist/gen/google/rpc/error_details_pb.js";
 import { startTestbed, control, newRecordId } from "./testbed.mjs";
 
 const MiB = 1 << 20;
@@ -312,4 +316,209 @@ test("logKey escapes as Go's url.QueryEscape", () => {
   assert.equal(logKey("a b/c", "stage1", LogLevel.INFO), "a+b%2Fc/stage1/INFO");
   assert.equal(logKey("x!'()*~", "s", LogLevel.DEBUG), "x%21%27%28%29%2A~/s/DEBUG");
   assert.equal(logKey("x", "s", LogLevel.UNSPECIFIED), "x/s/INFO");
+});
+
+// A writable that keeps nothing.
+const sink = () => new Writable({ write: (_c, _e, cb) => cb() });
+
+test("a download that failed stays failed: metadata's error again from writeTo, bytes, the loop and metadata", async () => {
+  const id = newRecordId(); // no such log: NOT_FOUND
+  const reads = {
+    writeTo: (l) => l.writeTo(sink()),
+    bytes: (l) => l.bytes(),
+    loop: (l) => collect(l),
+    metadata: (l) => l.metadata(),
+  };
+  for (const [name, read] of Object.entries(reads)) {
+    const log = client.download({ recordId: id, taskName: "stage1" });
+    const first = await rejection(log.metadata());
+    assert.equal(first.code, Code.NotFound, first.message);
+    const again = await rejection(read(log));
+    assert.equal(again, first, `${name} after metadata() failed: ${again}`);
+    assert.equal(log.result.written, 0);
+  }
+});
+
+test("client.close() ends the downloads still open with CANCELED, CLIENT_CLOSED, not reconnected; and later ones", async () => {
+  const own = createBuildLogClient({ address: tb.grpc_addr, token: tb.token, minBackoffMs: 20, maxBackoffMs: 500 });
+  const id = newRecordId();
+  await ctl.addAction(id, "stage1", 10_000);
+  const reconnects = [];
+  const log = own.follow({ recordId: id, taskName: "stage1" }, { onReconnect: (r) => reconnects.push(r) });
+  const run = consume(log, 10_000);
+  await run.first;
+  own.close();
+  // Were the follow reconnected, it would complete once the action finishes.
+  const finish = setTimeout(() => ctl.finish(id, "stage1").catch(() => {}), 1500);
+  try {
+    const err = await rejection(run.done);
+    assert.ok(err instanceof BuildLogError, String(err));
+    assert.equal(err.code, Code.Canceled);
+    assert.equal(err.reason, Reason.CLIENT_CLOSED);
+    assert.match(err.message, /client was closed/);
+    assert.equal(err.result.written, 10_000);
+    assert.deepEqual(reconnects, []);
+    const late = await rejection(own.download({ recordId: id, taskName: "stage1" }).bytes());
+    assert.equal(late.reason, Reason.CLIENT_CLOSED);
+    assert.equal(late.result.calls, 0);
+  } finally {
+    clearTimeout(finish);
+    await ctl.finish(id, "stage1");
+  }
+});
+
+test("LogDownload.close() ends a call metadata() opened and nothing iterated; later reads are CANCELED", async () => {
+  const id = newRecordId();
+  await ctl.addAction(id, "stage1", 1000);
+  const upstreamRequests = async () => (await ctl.stats()).upstream_requests;
+  const log = client.follow({ recordId: id, taskName: "stage1" });
+  const md = await log.metadata();
+  // The test needs the open follow to poll the upstream (every 100 ms).
+  let before = await upstreamRequests();
+  await delay(500);
+  assert.ok((await upstreamRequests()) > before, "the open follow polls");
+  log.close();
+  log.close(); // idempotent
+  await delay(200);
+  before = await upstreamRequests();
+  await delay(600);
+  assert.equal(await upstreamRequests(), before, "the closed follow polls no more");
+  const err = await rejection(log.bytes());
+  assert.equal(err.code, Code.Canceled);
+  assert.equal(err.reason, Reason.CLIENT_CLOSED);
+  assert.equal(await log.metadata(), md, "the metadata that came is kept");
+  await ctl.finish(id, "stage1");
+
+  // Closed before it started: no call at all. Closed after it completed: nothing changes.
+  const unstarted = client.download({ recordId: id, taskName: "stage1" });
+  await unstarted[Symbol.asyncDispose]();
+  assert.equal((await rejection(unstarted.metadata())).reason, Reason.CLIENT_CLOSED);
+  assert.equal(unstarted.result.calls, 0);
+  const done = client.download({ recordId: id, taskName: "stage1" });
+  assert.equal((await done.bytes()).length, 1000);
+  done.close();
+  assert.equal((await done.metadata()).totalSize, 1000);
+});
+
+test("a negative offset or limit is a RangeError, not the whole log", () => {
+  const r = { recordId: newRecordId(), taskName: "stage1" };
+  assert.throws(() => client.download({ ...r, limit: -1 }), RangeError);
+  assert.throws(() => client.download({ ...r, limit: -5n }), RangeError);
+  assert.throws(() => client.follow({ ...r, offset: -1 }), RangeError);
+  assert.throws(() => client.download({ ...r, offset: 1.5 }), TypeError);
+});
+
+// A scripted buildlogd: calls[i] is the handler of the i-th call (the last
+// one for any further call), an async generator of response messages.
+function scripted(calls, options = {}) {
+  const reqs = [];
+  const transport = createRouterTransport(({ service }) => {
+    service(BuildLogService, {
+      async *downloadTaskLog(req) {
+        const call = calls[Math.min(reqs.length, calls.length - 1)];
+        reqs.push(req);
+        yield* call(req);
+      },
+    });
+  });
+  return { client: createBuildLogClient({ transport, minBackoffMs: 20, maxBackoffMs: 40, ...options }), reqs };
+}
+const meta = (totalSize) => ({ contentType: "text/plain", fileName: "x.log", requestId: "", ...(totalSize === undefined ? {} : { totalSize: BigInt(totalSize) }) });
+const chunk = (offset, n, extra = {}) => ({ offset: BigInt(offset), data: new Uint8Array(n).fill(offset % 251), ...extra });
+const running = { finished: false, status: "running", finishTime: "" };
+const finished = { finished: true, status: "success", finishTime: "2024-01-01 00:00:00" };
+const serverError = (code, reason, resumeOffset) =>
+  new ConnectError("ended for the test", code, undefined, [
+    { desc: ErrorInfoSchema, value: { reason, domain: "buildlog", metadata: { resumeOffset: String(resumeOffset) } } },
+  ]);
+const cutAt = (n) => serverError(Code.Unavailable, "UPSTREAM_INTERRUPTED", n);
+
+test("after a resume the log's size is the one any call gave: a short log is an error", async () => {
+  // The first call: 50 of 100 bytes, then a cut to resume from 50.
+  const first = async function* () {
+    yield chunk(0, 50, { metadata: meta(100) });
+    throw cutAt(50);
+  };
+  const cases = {
+    "no message": async function* () {},
+    "no total_size": async function* () {
+      yield chunk(50, 10, { metadata: meta(undefined) });
+    },
+    "another total_size": async function* () {
+      yield chunk(50, 10, { metadata: meta(60) });
+    },
+  };
+  const want = { "no message": /without a message/, "no total_size": /range ends at 100/, "another total_size": /100 bytes long and a resumed call says 60/ };
+  for (const [name, second] of Object.entries(cases)) {
+    const { client: c } = scripted([first, second]);
+    const err = await rejection(c.download({ recordId: "r", taskName: "stage1" }).bytes());
+    assert.ok(err instanceof BuildLogError, `${name}: ${err}`);
+    assert.equal(err.code, Code.DataLoss, `${name}: ${err.message}`);
+    assert.equal(err.reason, Reason.CLIENT_PROTOCOL_ERROR);
+    assert.match(err.message, want[name], name);
+    assert.equal(err.result.calls, 2);
+  }
+  // The same size again, and the rest: complete.
+  const { client: ok } = scripted([first, async function* () {
+    yield chunk(50, 50, { metadata: meta(100) });
+  }]);
+  const log = ok.download({ recordId: "r", taskName: "stage1" });
+  assert.equal((await log.bytes()).length, 100);
+  assert.equal(log.result.calls, 2);
+  // A first call that ends OK without a message.
+  const { client: empty } = scripted([async function* () {}]);
+  assert.equal((await rejection(empty.download({ recordId: "r", taskName: "stage1" }).bytes())).reason, Reason.CLIENT_PROTOCOL_ERROR);
+});
+
+test("a follow's size, unknown while the action runs, is held to once the action finished", async () => {
+  const interrupted = (n) => serverError(Code.Unavailable, Reason.FOLLOW_INTERRUPTED, n);
+  // Running at first (no size), finished on the resumed call: complete.
+  const { client: grows } = scripted([
+    async function* () {
+      yield chunk(0, 50, { metadata: meta(undefined), action: running });
+      throw interrupted(50);
+    },
+    async function* () {
+      yield chunk(50, 30, { metadata: meta(80), action: finished });
+    },
+  ]);
+  const log = grows.follow({ recordId: "r", taskName: "stage1" });
+  assert.equal((await log.bytes()).length, 80);
+  assert.equal(log.result.action.finished, true);
+
+  // Finished from the start (size 100): a resumed call may not end short of
+  // it, nor give another size.
+  const firstFinished = async function* () {
+    yield chunk(0, 50, { metadata: meta(100), action: finished });
+    throw cutAt(50);
+  };
+  for (const [second, want] of [
+    [async function* () { yield chunk(50, 10, { metadata: meta(undefined), action: finished }); }, /range ends at 100/],
+    [async function* () { yield chunk(50, 70, { metadata: meta(120), action: finished }); }, /100 bytes long and a resumed call says 120/],
+  ]) {
+    const { client: c } = scripted([firstFinished, second]);
+    const err = await rejection(c.follow({ recordId: "r", taskName: "stage1" }).bytes());
+    assert.equal(err.reason, Reason.CLIENT_PROTOCOL_ERROR, err.message);
+    assert.match(err.message, want);
+  }
+});
+
+test("a follow the server ends after one message reconnects after at least minBackoffMs", async () => {
+  const reconnects = [];
+  let calls = 0;
+  const { client: c } = scripted([
+    async function* () {
+      calls++;
+      yield chunk(0, 0, { metadata: meta(undefined), action: running });
+      if (calls < 3) throw serverError(Code.Unavailable, Reason.FOLLOW_INTERRUPTED, 0);
+      yield chunk(0, 0, { action: finished });
+    },
+  ], { minBackoffMs: 60, maxBackoffMs: 100 });
+  const started = Date.now();
+  const log = c.follow({ recordId: "r", taskName: "stage1" }, { onReconnect: (r) => reconnects.push(r) });
+  assert.equal((await log.bytes()).length, 0);
+  assert.equal(log.result.calls, 3);
+  assert.deepEqual(reconnects.map((r) => r.failures), [0, 0], "still progress");
+  for (const r of reconnects) assert.ok(r.delayMs >= 60, `paused ${r.delayMs} ms`);
+  assert.ok(Date.now() - started >= 110, `took ${Date.now() - started} ms`);
 });
