@@ -396,3 +396,30 @@ func TestRetryable(t *testing.T) {
 		})
 	}
 }
+
+// A followed call that the server ends with nothing new is progress for
+// the budget, but the next call waits the least backoff: a server that
+// keeps doing it is not called in a tight loop. One that brought bytes is
+// followed on at once.
+func TestFollowEndedWithNothingNewPauses(t *testing.T) {
+	t.Parallel()
+	finished := &buildlogv1.ActionState{Finished: true, Status: "success"}
+	limit := func(at int64) error { return ended(codes.DeadlineExceeded, api.ReasonFollowTimeLimit, at) }
+	_, c := startScripted(t,
+		step{msgs: []*buildlogv1.DownloadTaskLogResponse{chunk(0, 100, &buildlogv1.LogMetadata{})}, end: limit(100)},
+		step{msgs: []*buildlogv1.DownloadTaskLogResponse{{Offset: 100, Metadata: &buildlogv1.LogMetadata{}}}, end: limit(100)},
+		step{msgs: []*buildlogv1.DownloadTaskLogResponse{chunk(100, 200, &buildlogv1.LogMetadata{}), {Offset: 200, Action: finished}}},
+	)
+	const least = 20 * time.Millisecond
+	var delays []time.Duration
+	var out bytes.Buffer
+	_, err := client.Follow(context.Background(), c, &buildlogv1.DownloadTaskLogRequest{}, &out,
+		client.WithBackoff(least, time.Second),
+		client.OnReconnect(func(r client.Reconnect) { delays = append(delays, r.Delay) }))
+	if err != nil || !bytes.Equal(out.Bytes(), text[:200]) {
+		t.Fatalf("Follow() = %v, wrote %q", err, out.Bytes())
+	}
+	if len(delays) != 2 || delays[0] != 0 || delays[1] < least {
+		t.Errorf("pauses %v, want none after the call that brought bytes, then at least %s", delays, least)
+	}
+}

@@ -146,10 +146,11 @@ func Follow(ctx context.Context, c buildlogv1.BuildLogServiceClient, req *buildl
 // bytes received; bytes received again are skipped), else from the bytes
 // received, with the remaining limit. It pauses before a reconnect as
 // [WithBackoff] says (at least the error's RetryInfo delay), except after a
-// call that made progress: one that wrote new bytes, or that got a message
-// and was ended by the server as followed calls regularly are
-// (FOLLOW_TIME_LIMIT, FOLLOW_INTERRUPTED). It gives up after
-// [WithMaxRetries] calls in a row without progress.
+// call that made progress: one that wrote new bytes (no pause), or that got
+// a message and was ended by the server as followed calls regularly are
+// (FOLLOW_TIME_LIMIT, FOLLOW_INTERRUPTED; the first pause, so that a server
+// that keeps ending calls at once is not called in a tight loop). It gives
+// up after [WithMaxRetries] calls in a row without progress.
 //
 // It returns a nil error once the range is complete; otherwise the error
 // that ended the last call (a gRPC status error, such as UNAUTHENTICATED),
@@ -166,6 +167,7 @@ func Download(ctx context.Context, c buildlogv1.BuildLogServiceClient, req *buil
 	}
 	from, failures := d.offset, 0
 	for {
+		before := d.pos
 		progress, err := d.call(ctx, from)
 		if err == nil {
 			return &d.res, nil
@@ -192,6 +194,12 @@ func Download(ctx context.Context, c buildlogv1.BuildLogServiceClient, req *buil
 			return &d.res, err
 		}
 		delay := o.backoff(failures, err)
+		if d.pos == before && followEnded(err) {
+			// The server ended a followed call that brought nothing new: a
+			// progress for the budget, but not a reason to call at once
+			// (a server that keeps doing it is not called in a tight loop).
+			delay = max(delay, o.minBackoff)
+		}
 		if o.onReconnect != nil {
 			o.onReconnect(Reconnect{Err: err, Offset: from, Delay: delay, Failures: failures})
 		}
