@@ -259,7 +259,9 @@ func (f *flight) run(body io.ReadCloser) {
 		f.mu.Lock()
 		f.head += int64(got)
 		if err != nil {
-			f.rerr = err
+			// Its end and when, together: joiners and the pruning
+			// read both while grew below has f.mu unlocked.
+			f.rerr, f.endedAt = err, time.Now()
 			if refused(err) {
 				f.sh.forget(f.key, f.owner) // a resumption was refused its credentials
 			}
@@ -278,7 +280,9 @@ func (f *flight) run(body io.ReadCloser) {
 	if f.rerr == nil {
 		f.rerr = errAbandoned
 	}
-	f.endedAt = time.Now()
+	if f.endedAt.IsZero() {
+		f.endedAt = time.Now()
+	}
 	f.running = false
 	f.data.Broadcast()
 	f.release()
@@ -393,13 +397,16 @@ func (f *flight) drop() {
 }
 
 // leave removes m; when it was the last member of a read under way, the
-// read stops. The caller holds f.mu; stop reports whether to unregister.
+// read stops. A read that has all its bytes is not stopped (its reader
+// may not have noted its end yet): it ends cleanly, and a followed log's
+// stays for later followers. The caller holds f.mu; stop reports whether
+// to unregister.
 func (f *flight) leave(m *member) (stop bool) {
 	if _, ok := f.members[m]; ok {
 		delete(f.members, m)
 		f.room.Signal()
 	}
-	if len(f.members) == 0 && f.running && !f.closed {
+	if len(f.members) == 0 && f.running && !f.closed && f.rerr == nil && f.head < f.end {
 		f.closed = true
 		f.room.Signal()
 		stop = true

@@ -1,13 +1,16 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/buildlog/buildlog/upstream"
@@ -114,7 +117,7 @@ func readCheck(t *testing.T, body io.Reader, off int64, n int) int64 {
 
 const rchunk = 1024 // first window 4 KiB, member window 2 KiB
 
-func newTestSharing(g *gated) *sharing {
+func newTestSharing(g LogSource) *sharing {
 	return newSharing(g, rchunk, time.Minute, time.Minute)
 }
 
@@ -387,5 +390,97 @@ func TestSharedGroupThatFellBehindRidesOneRead(t *testing.T) {
 	}
 	if n := reads() - before; n != 1 {
 		t.Errorf("b and c, behind a together, made %d upstream reads after it, want 1", n)
+	}
+}
+
+// lastRead is a fake upstream whose log answers give all their bytes in
+// one Read, with io.EOF, once the test closes gate: a poll's read ends in
+// the same Read as its last bytes arrive.
+type lastRead struct {
+	size int64
+	gate chan struct{}
+	mu   sync.Mutex
+	reqs int // log requests, probes aside
+}
+
+func (e *lastRead) DownloadTaskLog(ctx context.Context, req upstream.Request) (*upstream.Log, error) {
+	if req.Limit == 1 {
+		return &upstream.Log{Body: http.NoBody, Size: e.size}, nil // a probe
+	}
+	e.mu.Lock()
+	e.reqs++
+	e.mu.Unlock()
+	b := make([]byte, e.size-req.Offset)
+	for i := range b {
+		b[i] = pat(req.Offset + int64(i))
+	}
+	return &upstream.Log{Body: io.NopCloser(&gatedReader{gate: e.gate, r: iotest.DataErrReader(bytes.NewReader(b))}), Size: e.size}, nil
+}
+
+func (e *lastRead) ActionStatus(ctx context.Context, req upstream.Request) (*upstream.Action, error) {
+	return &upstream.Action{}, nil
+}
+
+type gatedReader struct {
+	gate <-chan struct{}
+	r    io.Reader
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	<-g.gate
+	return g.r.Read(p)
+}
+
+// A followed log's poll whose last bytes came stays for the followers of
+// its interval, even while its reader has not noted its end (here, waiting
+// to wake the log's other followers): its last member leaving does not
+// stop it, it is not stale, and the next follower rides it.
+func TestSharedEndedPollStaysForLaterFollowers(t *testing.T) {
+	const size = 100
+	e := &lastRead{size: size, gate: make(chan struct{})}
+	sh := newTestSharing(e)
+	follow := func(tok string) upstream.Request {
+		r := req(tok, 0)
+		r.Growing = true
+		return r
+	}
+	a, err := sh.DownloadTaskLog(t.Context(), follow("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := a.Body.(*member).f
+	// The reader, having read the last bytes and the end, waits for
+	// sh.mu to wake the log's other followers.
+	sh.mu.Lock()
+	close(e.gate)
+	if bad := readCheck(t, a.Body, 0, size); bad >= 0 {
+		t.Fatalf("a got a wrong byte at %d", bad)
+	}
+	closed := make(chan struct{})
+	go func() {
+		a.Body.Close()
+		close(closed)
+	}()
+	for left := false; !left; runtime.Gosched() {
+		f.mu.Lock()
+		left = len(f.members) == 0
+		f.mu.Unlock()
+	}
+	stale := f.stale(time.Now(), sh.fresh)
+	sh.mu.Unlock()
+	<-closed
+	if stale {
+		t.Error("the poll was stale as its reader was noting its end")
+	}
+	b, err := sh.DownloadTaskLog(t.Context(), follow("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Body.Close()
+	if bad := readCheck(t, b.Body, 0, size); bad >= 0 {
+		t.Fatalf("b got a wrong byte at %d", bad)
+	}
+	if e.reqs != 1 {
+		t.Errorf("%d log polls for two followers of one interval, want 1", e.reqs)
 	}
 }
