@@ -16,11 +16,13 @@ import (
 // answer's bytes go into a window (window.go: a few chunk-sized blocks)
 // that every member reads from at its own pace. The reader never waits for
 // the slowest member: when the window is full and a member waits for bytes
-// past it, the members at its low end detach and go on with an upstream
-// request of their own from where they are.
+// past it, the window widens (up to a few chunks a member), and at its
+// widest the members at its low end detach and go on together with an
+// upstream request from the lowest of them.
 //
 // A member pins the window from its position: the reader reuses only a
-// block that every attached member has read.
+// block that every attached member has read (and, in a read started for
+// members that detached together, none until they have joined).
 type flight struct {
 	sh      *sharing
 	key     logKey
