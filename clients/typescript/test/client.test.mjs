@@ -261,6 +261,62 @@ test("a follow rides out a killed buildlogd, every byte exactly once", async (t)
   assert.equal(reconnects[0].error.reason, Reason.CLIENT_CONNECTION_FAILED);
 });
 
+test("a follow goes on through the server's follow time limit (FOLLOW_TIME_LIMIT), every byte exactly once", async (t) => {
+  // A test bed of its own: its buildlogd ends each followed call after 300 ms.
+  const short = await startTestbed(["--follow-max-duration", "300ms"]);
+  const own = createBuildLogClient({ address: short.grpc_addr, token: short.token, minBackoffMs: 20, maxBackoffMs: 500 });
+  try {
+    const sctl = control(short.control);
+    const id = newRecordId();
+    await sctl.addAction(id, "stage1", 50_000);
+    const reconnects = [];
+    const actions = [];
+    const log = own.follow(
+      { recordId: id, taskName: "stage1" },
+      { onReconnect: (r) => reconnects.push(r), onAction: (a) => actions.push(a) },
+    );
+    const run = consume(log, 50_000);
+    await run.first;
+    // Grow the log over ~1.2 s, several time limits' worth, then finish it.
+    let size = 50_000;
+    for (let i = 0; i < 6; i++) {
+      await delay(200);
+      size += 30_000 + i * 7_001;
+      await sctl.grow(id, "stage1", 30_000 + i * 7_001);
+    }
+    await delay(200);
+    await sctl.finish(id, "stage1");
+    const got = await run.done; // ends normally: a rejection fails the test
+    const want = await sctl.content(id, "stage1");
+    assert.equal(want.length, size);
+    assert.equal(got.length, want.length, "every byte exactly once");
+    assert.ok(got.equals(want), "the bytes differ from /content");
+    assert.equal(log.result.written, want.length);
+    assert.equal(log.result.action.finished, true);
+    assert.equal(actions.at(-1).finished, true);
+
+    const limits = reconnects.filter((r) => r.error.reason === Reason.FOLLOW_TIME_LIMIT);
+    assert.ok(limits.length >= 2, `at least two time limits: ${reconnects.length} reconnects`);
+    let last = 0;
+    for (const r of reconnects) {
+      assert.equal(r.error.reason, Reason.FOLLOW_TIME_LIMIT, r.error.message);
+      assert.equal(r.error.code, Code.DeadlineExceeded);
+      assert.equal(r.error.codeName, "DEADLINE_EXCEEDED");
+      assert.equal(r.error.domain, "buildlog");
+      assert.equal(r.error.retryable, true);
+      assert.equal(r.offset, r.error.resumeOffset, "the next call asks for resumeOffset");
+      assert.ok(r.offset >= last && r.offset <= size, `resumeOffset ${r.offset} after ${last}`);
+      assert.equal(r.failures, 0, "a time limit is progress, not a failure");
+      last = r.offset;
+    }
+    assert.equal(log.result.calls, reconnects.length + 1);
+    t.diagnostic(`${log.result.calls} calls; resumed from ${reconnects.map((r) => r.offset).join(", ")}`);
+  } finally {
+    own.close();
+    await short.stop();
+  }
+});
+
 test("an AbortSignal ends a follow with CANCELED, and breaking out cancels the call", async () => {
   const id = newRecordId();
   await ctl.addAction(id, "stage1", 10_000);

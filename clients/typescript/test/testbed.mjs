@@ -10,10 +10,14 @@ import { randomUUID } from "node:crypto";
 
 const repoRoot = fileURLToPath(new URL("../../..", import.meta.url));
 
-/** Starts the test bed and resolves with its ready line and a stop function. */
-export async function startTestbed() {
+/**
+ * Starts the test bed and resolves with its ready line and a stop function.
+ * buildlogdFlags are passed on to buildlogd, after the test bed's own.
+ */
+export async function startTestbed(buildlogdFlags = []) {
   const bin = process.env.BUILDLOG_TESTBED;
-  const [cmd, args] = bin ? [bin, []] : ["go", ["run", "./clients/testbed"]];
+  const extra = buildlogdFlags.length ? ["--", ...buildlogdFlags] : [];
+  const [cmd, args] = bin ? [bin, extra] : ["go", ["run", "./clients/testbed", ...extra]];
   const child = spawn(cmd, args, { cwd: repoRoot, stdio: ["pipe", "pipe", "inherit"] });
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   const lines = createInterface({ input: child.stdout });
