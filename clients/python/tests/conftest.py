@@ -66,9 +66,12 @@ class Testbed:
         return record
 
 
-@pytest.fixture(scope="session")
-def testbed():
+def _run_testbed(*buildlogd_args):
+    """Starts a test bed, passing buildlogd_args on to its buildlogd (after
+    ``--``), and yields its Testbed; stops it at the end."""
     cmd = [os.environ["BUILDLOG_TESTBED"]] if os.environ.get("BUILDLOG_TESTBED") else ["go", "run", "./clients/testbed"]
+    if buildlogd_args:
+        cmd += ["--", *buildlogd_args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     line = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
@@ -87,3 +90,19 @@ def testbed():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def testbed():
+    yield from _run_testbed()
+
+
+#: The follow time limit of the follow_limit_testbed's buildlogd.
+FOLLOW_MAX_DURATION = "300ms"
+
+
+@pytest.fixture(scope="module")
+def follow_limit_testbed():
+    """A test bed of its own whose buildlogd ends every followed call after
+    FOLLOW_MAX_DURATION with DEADLINE_EXCEEDED/FOLLOW_TIME_LIMIT."""
+    yield from _run_testbed("--follow-max-duration", FOLLOW_MAX_DURATION)

@@ -1,6 +1,7 @@
 """Follows against the test bed's real buildlogd, across its restarts."""
 
 import threading
+import time
 import uuid
 
 import grpc
@@ -145,3 +146,63 @@ def test_timeout_of_the_whole_download(testbed):
             stream.read()
     assert ei.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert ei.value.offset == 10_000
+
+
+def test_follow_through_the_follow_time_limit(follow_limit_testbed):
+    """buildlogd (--follow-max-duration 300ms) ends each followed call with
+    DEADLINE_EXCEEDED/FOLLOW_TIME_LIMIT and a resumeOffset while the action
+    grows for over a second; the library follows on with new calls, and
+    every byte arrives exactly once."""
+    tb = follow_limit_testbed
+    record = new_action(tb, 100_000)
+    reconnects = []
+    seen = threading.Condition()
+
+    def on_reconnect(r):
+        with seen:
+            reconnects.append(r)
+            seen.notify_all()
+
+    errors = []
+    stop = []  # set once the read ended, however it ended
+
+    def grow_then_finish():
+        try:
+            for _ in range(4):
+                time.sleep(0.3)
+                tb.post("/grow", {"record_id": record, "task_name": "stage1", "bytes": 40_000})
+            # Not a timing assertion: the finish just waits (boundedly) until
+            # the limit has ended at least two calls, so the check below does
+            # not depend on how fast this machine is.
+            with seen:
+                seen.wait_for(lambda: len(reconnects) >= 2 or stop, timeout=30)
+            tb.post("/finish", {"record_id": record, "task_name": "stage1"})
+        except BaseException as e:  # surfaced by the test below
+            errors.append(e)
+
+    with Client(tb.grpc_addr, tb.token, min_backoff=0.05, max_backoff=0.5) as client:
+        stream = client.follow(record, "stage1", on_reconnect=on_reconnect)
+        t = threading.Thread(target=grow_then_finish)
+        t.start()
+        try:
+            got = stream.read()
+        finally:
+            with seen:
+                stop.append(True)  # should read fail, the grower stops waiting
+                seen.notify_all()
+            t.join()
+    assert not errors
+    content = tb.content(record, "stage1")
+    assert len(content) == 260_000
+    assert got == content
+    assert stream.done and stream.action is not None and stream.action.finished
+    assert len(reconnects) >= 2
+    assert stream.calls == len(reconnects) + 1
+    for r in reconnects:
+        assert r.error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert r.error.reason == "FOLLOW_TIME_LIMIT"
+        assert r.error.resume_offset is not None
+        assert r.offset == r.error.resume_offset  # the next call starts there
+        assert 0 <= r.offset <= len(content)
+    offsets = [r.offset for r in reconnects]
+    assert offsets == sorted(offsets)
