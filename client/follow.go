@@ -280,11 +280,11 @@ func (d *download) call(ctx context.Context, from int64) (progress bool, err err
 		}
 		received = true
 		if md := msg.GetMetadata(); md != nil {
-			if t := md.TotalSize; t != nil && d.total != nil && *t != *d.total {
-				return d.pos > start, fmt.Errorf("the log was %d bytes long and a resumed call says %d: %w", *d.total, *t, ErrProtocol)
-			}
-			if md.TotalSize != nil {
-				d.total = md.TotalSize
+			if t := md.TotalSize; t != nil {
+				if d.total != nil && *t != *d.total {
+					return d.pos > start, fmt.Errorf("the log was %d bytes long and a resumed call says %d: %w", *d.total, *t, ErrProtocol)
+				}
+				d.total = t
 			}
 			d.res.Metadata = md
 			if d.o.onMetadata != nil {

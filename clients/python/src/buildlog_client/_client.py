@@ -591,7 +591,7 @@ class LogStream(Iterator[bytes]):
             if self._deadline is not None and time.monotonic() + delay >= self._deadline:
                 raise BuildLogError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"the download's deadline passed; the last call ended with {err}",
-                                    reason="DEADLINE_EXCEEDED", domain="buildlog_client")
+                                    reason="DEADLINE_EXCEEDED", domain=CLIENT_DOMAIN)
             if self._on_reconnect is not None:
                 self._on_reconnect(Reconnect(err, start, delay, failures))
             if self._is_client_closed():
@@ -631,10 +631,10 @@ class LogStream(Iterator[bytes]):
                     if msg.HasField("metadata"):
                         m = msg.metadata
                         total = m.total_size if m.HasField("total_size") else None
-                        if total is not None and self._total is not None and total != self._total:
-                            raise BuildLogError.protocol(
-                                f"the log was {self._total} bytes long and a resumed call says {total}")
                         if total is not None:
+                            if self._total is not None and total != self._total:
+                                raise BuildLogError.protocol(
+                                    f"the log was {self._total} bytes long and a resumed call says {total}")
                             self._total = total
                         self._metadata = LogMetadata(m.content_type, m.file_name, total, m.request_id)
                     if msg.HasField("action"):
@@ -758,4 +758,4 @@ def _follow_ended(err: BuildLogError) -> bool:
 
 def _cancelled_error() -> BuildLogError:
     return BuildLogError(grpc.StatusCode.CANCELLED, "the download was cancelled",
-                         reason="CANCELED", domain="buildlog_client")
+                         reason="CANCELED", domain=CLIENT_DOMAIN)
